@@ -1,0 +1,118 @@
+"""`python -m hpc.launch` / `hpc-launch`: plan a launch, write its experiment directory, submit it.
+
+The CLI is a thin layer: hpc.jobs.<type>.build_plan returns the plan (pure), hpc.plan writes
+the records, hpc.slurm submits. User mistakes print one line and exit 2; SLURM refusals exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from hpc.context import LaunchOptions
+from hpc.errors import LaunchError
+from hpc.plan import LaunchPlan, write_experiment
+from hpc.slurm import SlurmError, sbatch_argv
+
+JOB_TYPES = ("train",)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        self.exit(2, f"hpc-launch: error: {message} (see --help)\n")
+
+
+def _flag(group: argparse._ActionsContainer, name: str, **kwargs) -> None:
+    """Every option works as --snake_case and --kebab-case."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    group.add_argument(*names, dest=name, **kwargs)
+
+
+def parser() -> argparse.ArgumentParser:
+    from hpc.jobs.train import TRAIN_FLAGS
+
+    p = _Parser(prog="hpc-launch", description="Turn ML work into SLURM jobs on this cluster.")
+    _flag(p, "job_type", choices=JOB_TYPES, default="train", help="what to launch (default: train)")
+    g = p.add_argument_group("launch")
+    _flag(g, "cluster", help="cluster profile name (default: detected from SLURM's ClusterName, then the hostname)")
+    _flag(g, "job_name", help="SLURM job name and experiment directory name (default: <config>_<timestamp>)")
+    _flag(g, "experiments_dir", help="where experiment directories go (default: $EXPERIMENTS_DIR from the dotenv, else ./experiments)")
+    _flag(g, "dry_run", action="store_true", help="render and record everything, submit nothing")
+    _flag(g, "wait", action="store_true", help="after submitting, wait for the jobs and report how they ended")
+    _flag(g, "dependency", help="SLURM dependency for the first job, e.g. afterok:12345")
+    _flag(g, "secrets_env", help="your private secrets file, sourced by jobs at run time (default: $DC_AGENT_SECRET_ENV)")
+    _flag(g, "dotenv", help="dotenv starter pack to use instead of the profile's")
+    r = p.add_argument_group("resources (default: the cluster profile)")
+    _flag(r, "partition")
+    _flag(r, "account")
+    _flag(r, "qos")
+    _flag(r, "time_limit", help="SLURM time, e.g. 04:00:00 or 1-00:00:00")
+    _flag(r, "num_nodes", type=int, help="nodes (default: 1)")
+    _flag(r, "gpus_per_node", type=int, help="GPUs per node (default: all of the node's)")
+    t = p.add_argument_group("train (LLaMA-Factory): explicit flags > YAML > profile > defaults")
+    _flag(t, "train_config_path", help="LLaMA-Factory YAML")
+    _flag(t, "global_batch_size", type=int, help="sets gradient_accumulation_steps exactly, or errors")
+    for key, kind in TRAIN_FLAGS.items():
+        _flag(t, key, type=kind, default=None)
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> LaunchOptions:
+    from hpc.jobs.train import TRAIN_FLAGS
+
+    values = vars(args)
+    common = {k: values[k] for k in LaunchOptions.__dataclass_fields__ if k in values}
+    overrides = {k: values[k] for k in TRAIN_FLAGS if values.get(k) is not None}
+    return LaunchOptions(**common, train_overrides=overrides)
+
+
+def build_plan(opts: LaunchOptions) -> LaunchPlan:
+    from hpc.jobs import train
+
+    builders = {"train": train.build_plan}
+    return builders[opts.job_type](opts)
+
+
+def _print_plan(plan: LaunchPlan) -> None:
+    placeholders = {job.key: f"<{job.key}>" for job in plan.jobs}
+    for job in plan.jobs:
+        argv = sbatch_argv(plan.experiment_dir / job.script_path, job.dependencies, placeholders)
+        print(f"\n--- {job.key}: {' '.join(argv)}\n{job.script}", end="")
+
+
+def run(opts: LaunchOptions, wait: bool = False) -> int:
+    from hpc import slurm
+
+    plan = build_plan(opts)
+    manifest = write_experiment(plan, dry_run=opts.dry_run)
+    print(f"hpc-launch: cluster {plan.cluster}, experiment directory {plan.experiment_dir}")
+    if opts.dry_run:
+        _print_plan(plan)
+        print(f"\nhpc-launch: dry run: nothing submitted; scripts and manifest are in {plan.experiment_dir}")
+        return 0
+    manifest = slurm.submit(plan, manifest)
+    for record in manifest["jobs"]:
+        print(f"  {record['key']}: SLURM job {record['slurm_job_id']} ({' '.join(record['sbatch_argv'])})")
+    print(f"hpc-launch: logs in {plan.experiment_dir / 'logs'}")
+    if not wait:
+        return 0
+    from hpc.status import wait_and_report
+
+    return wait_and_report(plan.experiment_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(options_from_args(args), wait=args.wait)
+    except SlurmError as exc:
+        print(f"hpc-launch: error: {exc}", file=sys.stderr)
+        return 1
+    except LaunchError as exc:
+        print(f"hpc-launch: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Cluster profiles: one YAML file per cluster, validated on load, and cluster detection."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import subprocess
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hpc import ROOT
+from hpc.errors import LaunchError
+from hpc.timefmt import parse_time
+
+#: Directory of the profiles shipped with hpc-launch.
+BUILTIN_DIR = ROOT / "cluster_profiles"
+#: Colon-separated list of extra profile directories; their files win over the built-in ones.
+PATH_ENV = "HPC_LAUNCH_PROFILES"
+
+_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@%/-]+")
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """What the launcher needs to know about one cluster (see cluster_profiles/README.md)."""
+
+    name: str
+    description: str
+    slurm_cluster_names: list[str]
+    hostname_patterns: list[str]
+    partition: str
+    account: str | None
+    qos: str | None
+    gpus_per_node: int
+    gpu_type: str | None
+    gpu_request: str
+    cpus_per_node: int
+    mem_per_node: str | None
+    max_time: str
+    default_time: str
+    internet: bool
+    modules: list[str]
+    env_activation: str
+    dotenv: str
+    sbatch_extra: list[str]
+    master_addr_suffix: str
+    train_defaults: dict[str, object]
+    max_nodes: int | None = None
+    source: Path = field(default=Path(), compare=False)
+
+    @property
+    def max_seconds(self) -> int:
+        return parse_time(self.max_time, f"{self.name}: max_time")
+
+
+_GPU_REQUESTS = ("gres", "gpus_per_node", "none")
+_FIELDS = {f.name: f for f in dataclasses.fields(ClusterProfile) if f.name != "source"}
+_OPTIONAL = {name for name, f in _FIELDS.items() if f.default is not dataclasses.MISSING}
+_HINTS = typing.get_type_hints(ClusterProfile)
+
+
+def _type_ok(value: object, hint: object) -> bool:
+    """Whether a YAML value has the declared type (bool is not an int here)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is object:
+        return True
+    return isinstance(value, hint)  # type: ignore[arg-type]
+
+
+def _type_name(hint: object) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def parse_profile(data: object, source: Path) -> ClusterProfile:
+    """Validate one profile's YAML data; every problem names the file and the key."""
+    where = str(source)
+    if not isinstance(data, dict):
+        raise LaunchError(f"{where}: a cluster profile must be a YAML mapping of keys to values")
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise LaunchError(
+            f"{where}: unknown key {unknown[0]!r}; valid keys are {', '.join(_FIELDS)}"
+        )
+    missing = [k for k in _FIELDS if k not in data and k not in _OPTIONAL]
+    if missing:
+        raise LaunchError(f"{where}: missing key {missing[0]!r} (see cluster_profiles/README.md)")
+    for key, value in data.items():
+        if not _type_ok(value, _HINTS[key]):
+            raise LaunchError(
+                f"{where}: key {key!r} must be {_type_name(_HINTS[key])}, got {type(value).__name__} {value!r}"
+            )
+    profile = ClusterProfile(**data, source=source)
+    _check_values(profile, where)
+    return profile
+
+
+def _check_values(p: ClusterProfile, where: str) -> None:
+    if p.name != source_stem(p.source):
+        raise LaunchError(f"{where}: key 'name' is {p.name!r} but the file is {p.source.name}; make them match")
+    if p.gpu_request not in _GPU_REQUESTS:
+        raise LaunchError(f"{where}: key 'gpu_request' must be one of {', '.join(_GPU_REQUESTS)}")
+    if p.gpus_per_node < 0 or p.cpus_per_node < 1:
+        raise LaunchError(f"{where}: gpus_per_node must be >= 0 and cpus_per_node >= 1")
+    for key in ("partition", "account", "qos", "mem_per_node"):
+        value = getattr(p, key)
+        if value and not _SBATCH_SAFE.fullmatch(value):
+            raise LaunchError(f"{where}: key {key!r} has characters sbatch cannot take: {value!r}")
+    if not re.fullmatch(r"[A-Za-z0-9.-]*", p.master_addr_suffix):
+        raise LaunchError(f"{where}: key 'master_addr_suffix' may hold only letters, digits, '.' and '-'")
+    if parse_time(p.default_time, f"{where}: default_time") > p.max_seconds:
+        raise LaunchError(f"{where}: default_time {p.default_time} exceeds max_time {p.max_time}")
+    for pattern in p.hostname_patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise LaunchError(f"{where}: hostname pattern {pattern!r} is not a valid regex ({exc})") from None
+
+
+def source_stem(path: Path) -> str:
+    return path.name.removesuffix(".yaml")
+
+
+def profile_dirs(environ: typing.Mapping[str, str] = os.environ) -> list[Path]:
+    """User directories first (they override), then the built-in profiles."""
+    extra = [Path(p).expanduser() for p in environ.get(PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, BUILTIN_DIR]
+
+
+def profile_files(environ: typing.Mapping[str, str] = os.environ) -> dict[str, Path]:
+    """Cluster name -> the file that defines it (first directory wins)."""
+    found: dict[str, Path] = {}
+    for directory in profile_dirs(environ):
+        if not directory.is_dir():
+            if directory != BUILTIN_DIR:
+                raise LaunchError(f"{PATH_ENV} names {directory}, which is not a directory")
+            continue
+        for path in sorted(directory.glob("*.yaml")):
+            found.setdefault(source_stem(path), path)
+    return found
+
+
+def load_profile(path: Path) -> ClusterProfile:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise LaunchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_profile(data, path)
+
+
+def get_profile(name: str, environ: typing.Mapping[str, str] = os.environ) -> ClusterProfile:
+    files = profile_files(environ)
+    if name not in files:
+        raise LaunchError(f"unknown cluster {name!r}; known clusters: {', '.join(sorted(files))}")
+    return load_profile(files[name])
+
+
+def all_profiles(environ: typing.Mapping[str, str] = os.environ) -> list[ClusterProfile]:
+    return [load_profile(path) for path in profile_files(environ).values()]
+
+
+def match_cluster(
+    profiles: list[ClusterProfile], slurm_cluster_name: str | None, hostnames: list[str]
+) -> ClusterProfile | None:
+    """SLURM's ClusterName first, then full-match hostname patterns; None when nothing matches."""
+    if slurm_cluster_name:
+        for p in profiles:
+            if slurm_cluster_name in p.slurm_cluster_names:
+                return p
+    for host in hostnames:
+        for p in profiles:
+            if any(re.fullmatch(pattern, host) for pattern in p.hostname_patterns):
+                return p
+    return None
+
+
+def slurm_cluster_name() -> str | None:
+    """ClusterName from `scontrol show config`, or None where SLURM is not reachable."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=15, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^ClusterName\s*=\s*(\S+)", out, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def detect_profile(environ: typing.Mapping[str, str] = os.environ) -> ClusterProfile:
+    profiles = all_profiles(environ)
+    hostnames = list(dict.fromkeys([socket.gethostname(), socket.getfqdn()]))
+    cluster = slurm_cluster_name()
+    found = match_cluster(profiles, cluster, hostnames)
+    if found is None:
+        seen = f"SLURM ClusterName {cluster!r}, " if cluster else "no SLURM ClusterName, "
+        raise LaunchError(
+            f"cannot tell which cluster this is ({seen}hostname {hostnames[0]!r}); pass --cluster NAME "
+            f"(known: {', '.join(p.name for p in profiles)}) or add a profile to ${PATH_ENV}"
+        )
+    return found

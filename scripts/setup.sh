@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Set up hpc-launch on a fresh Debian/Ubuntu machine as root, idempotently:
+#   1. Debian packages the launcher and the local payload need (python3-venv, g++ for DeepSpeed's JIT op)
+#   2. a virtualenv at $HPC_VENV (default /opt/hpc-launch/venv) with hpc-launch and pytest
+#   3. the CPU ML stack (torch, LLaMA-Factory, DeepSpeed) and the tiny local model in build/tiny
+#   4. the local SLURM cluster (scripts/local_slurm.sh up)
+# Usage: scripts/setup.sh            (everything)
+#        scripts/setup.sh --no-ml    (skip step 3: enough for the unit tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HPC_VENV=${HPC_VENV:-/opt/hpc-launch/venv}
+WITH_ML=1
+for arg in "$@"; do
+  case $arg in
+    --no-ml) WITH_ML=0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+log() { printf '[setup %4ss] %s\n' "$SECONDS" "$*"; }
+
+packages=(python3 python3-venv python3-pip g++ git procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
+done
+if (( ${#missing[@]} )); then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -q update >/dev/null
+  apt-get -y -q install --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x $HPC_VENV/bin/python ]]; then
+  log "creating virtualenv $HPC_VENV"
+  mkdir -p "$(dirname "$HPC_VENV")"
+  python3 -m venv "$HPC_VENV"
+fi
+log "installing hpc-launch (editable) and pytest into $HPC_VENV"
+"$HPC_VENV/bin/pip" install -q -e ".[test]"
+
+if (( WITH_ML )); then
+  log "ML stack"
+  bash scripts/install_ml_stack.sh "$HPC_VENV"
+  [[ -f build/tiny/model/config.json ]] || "$HPC_VENV/bin/python" examples/make_tiny_model.py --out build/tiny
+fi
+
+log "local SLURM cluster"
+bash scripts/local_slurm.sh up
+log "done: activate with 'source $HPC_VENV/bin/activate'"

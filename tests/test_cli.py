@@ -1,0 +1,128 @@
+"""The CLI contract: bad input is one line and exit 2 with nothing written; a dry run submits nothing."""
+
+import os
+import socket
+import sys
+
+import pytest
+
+from hpc import launch
+
+from conftest import run_cli
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+    """sbatch/scontrol/sacct on PATH that only record that they were called."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    calls = tmp_path / "calls.log"
+    for name in ("sbatch", "scontrol", "sacct", "squeue", "scancel", "srun"):
+        tool = bindir / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\necho 1\n')
+        tool.chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}, calls
+
+
+def _bad(tmp_path, fake_slurm, *args, env=None):
+    exp = tmp_path / "exp"
+    path_env, calls = fake_slurm
+    result = run_cli("--experiments_dir", str(exp), *args, env={**path_env, **(env or {})})
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpc-launch: error: "), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not exp.exists(), "nothing may be written for bad input"
+    assert not calls.exists(), "nothing may be submitted for bad input"
+    return lines[0]
+
+
+def test_unknown_cluster_lists_known_ones(tmp_path, fake_slurm, train_yaml):
+    line = _bad(tmp_path, fake_slurm, "--cluster", "nosuch", "--train_config_path", str(train_yaml))
+    assert "unknown cluster 'nosuch'; known clusters:" in line and "local" in line
+
+
+def test_missing_yaml(tmp_path, fake_slurm):
+    line = _bad(tmp_path, fake_slurm, "--cluster", "local", "--train_config_path", str(tmp_path / "nope.yaml"))
+    assert "does not exist" in line and "--train_config_path" in line
+
+
+def test_no_yaml_given(tmp_path, fake_slurm):
+    assert "needs --train_config_path" in _bad(tmp_path, fake_slurm, "--cluster", "local")
+
+
+def test_malformed_yaml(tmp_path, fake_slurm):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name_or_path: [x\n")
+    assert "is not valid YAML" in _bad(tmp_path, fake_slurm, "--cluster", "local", "--train_config_path", str(bad))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--time_limit", "soon"], "is not a SLURM time"),
+        (["--num_nodes", "0"], "--num_nodes must be at least 1"),
+        (["--num_nodes", "two"], "argument --num_nodes/--num-nodes: invalid int value"),
+        (["--gpus_per_node", "8"], "--gpus_per_node 8 is not possible on local"),
+        (["--time_limit", "2-00:00:00"], "exceeds the 12:00:00 limit of partition gpu on local"),
+        (["--job_type", "rl"], "argument --job_type/--job-type: invalid choice"),
+    ],
+)
+def test_bad_options(tmp_path, fake_slurm, train_yaml, args, expected):
+    line = _bad(tmp_path, fake_slurm, "--cluster", "local", "--train_config_path", str(train_yaml), *args)
+    assert expected in line
+
+
+def test_secrets_file_readable_by_others(tmp_path, fake_slurm, train_yaml):
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("HF_TOKEN=hf_abc\n")
+    secrets.chmod(0o644)
+    line = _bad(tmp_path, fake_slurm, "--cluster", "local", "--train_config_path", str(train_yaml),
+                env={"DC_AGENT_SECRET_ENV": str(secrets)})
+    assert f"chmod 600 {secrets}" in line
+
+
+def test_profile_with_unknown_key(tmp_path, fake_slurm, train_yaml, user_profiles):
+    user_profiles("mylab", partitoin="gpu")
+    line = _bad(tmp_path, fake_slurm, "--cluster", "mylab", "--train_config_path", str(train_yaml),
+                env={"HPC_LAUNCH_PROFILES": os.environ["HPC_LAUNCH_PROFILES"]})
+    assert "mylab.yaml: unknown key 'partitoin'" in line
+
+
+def test_dry_run_writes_everything_and_submits_nothing(tmp_path, fake_slurm, train_yaml):
+    path_env, calls = fake_slurm
+    exp = tmp_path / "exp"
+    result = run_cli("--cluster", "local", "--train_config_path", str(train_yaml), "--experiments_dir", str(exp),
+                     "--job_name", "dry1", "--dry_run", env=path_env)
+    assert result.returncode == 0, result.stderr
+    assert "--- train: sbatch --parsable " + str(exp / "dry1/sbatch/train.sbatch") in result.stdout
+    assert "#SBATCH --job-name=dry1" in result.stdout and "dry run: nothing submitted" in result.stdout
+    for rel in ("manifest.json", "sbatch/train.sbatch", "configs/train.yaml", "configs/launch.yaml", "logs"):
+        assert (exp / "dry1" / rel).exists(), rel
+    assert not calls.exists(), "a dry run must not call any SLURM command"
+
+
+def test_dry_run_makes_no_network_call(tmp_path, train_yaml, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network call during dry run: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    code = launch.main(["--cluster", "local", "--train_config_path", str(train_yaml), "--experiments_dir",
+                        str(tmp_path / "exp"), "--dry_run"])
+    assert code == 0
+    heavy = {"wandb", "supabase", "huggingface_hub", "sky", "torch", "transformers"}
+    assert not heavy & set(sys.modules), "dry run imported a heavy library"
+    assert "dry run: nothing submitted" in capsys.readouterr().out
+
+
+def test_help_imports_no_heavy_library():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "--train_config_path" in result.stdout and "--dry-run" in result.stdout
+    import subprocess
+
+    code = ("import sys, hpc.launch; hpc.launch.parser(); "
+            "print(sorted(m for m in ('wandb', 'supabase', 'huggingface_hub', 'torch', 'sky') if m in sys.modules))")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=launch.__file__[:-len("hpc/launch.py")])
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe

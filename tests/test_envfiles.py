@@ -1,0 +1,67 @@
+import os
+
+import pytest
+
+from hpc.envfiles import check_secrets_file, read_dotenv
+from hpc.errors import LaunchError
+
+
+def test_dotenv_interpolates_login_env_defaults_and_earlier_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCH", "/scratch/me")
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    path = tmp_path / "c.env"
+    path.write_text(
+        "# comment\n"
+        "BASE=${SCRATCH}/proj\n"
+        "CKPT=${BASE}/checkpoints\n"
+        "FALLBACK=${NOT_SET_ANYWHERE:-/tmp/default}\n"
+        "QUOTED='a b'\n"
+    )
+    assert read_dotenv(path) == {
+        "BASE": "/scratch/me/proj",
+        "CKPT": "/scratch/me/proj/checkpoints",
+        "FALLBACK": "/tmp/default",
+        "QUOTED": "a b",
+    }
+
+
+@pytest.mark.parametrize("key", ["HF_TOKEN", "WANDB_API_KEY", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY"])
+def test_dotenv_refuses_secret_looking_keys(tmp_path, key):
+    path = tmp_path / "c.env"
+    path.write_text(f"{key}=abc\n")
+    with pytest.raises(LaunchError, match=f"{key} looks like a secret; move it to your own secrets file"):
+        read_dotenv(path)
+
+
+def test_dotenv_allows_names_that_only_look_alike(tmp_path):
+    path = tmp_path / "c.env"
+    path.write_text("TOKENIZERS_PARALLELISM=false\nDC_AGENT_SECRET_ENV=/home/me/.secrets.env\nSSH_KEY_PATH=/k\n")
+    assert len(read_dotenv(path)) == 3
+
+
+def test_secrets_file_must_be_private(tmp_path):
+    path = tmp_path / "secrets.env"
+    path.write_text("HF_TOKEN=hf_x\n")
+    path.chmod(0o644)
+    with pytest.raises(LaunchError, match=r"accessible by others \(mode -rw-r--r--\); run: chmod 600"):
+        check_secrets_file(str(path))
+    path.chmod(0o600)
+    assert check_secrets_file(str(path)) == path
+
+
+def test_secrets_file_missing_or_not_a_file(tmp_path):
+    with pytest.raises(LaunchError, match="does not exist"):
+        check_secrets_file(str(tmp_path / "nope.env"))
+    with pytest.raises(LaunchError, match="is not a regular file"):
+        check_secrets_file(str(tmp_path))
+
+
+def test_secrets_file_is_never_opened(tmp_path, monkeypatch):
+    path = tmp_path / "secrets.env"
+    path.write_text("X=1\n")
+    path.chmod(0o600)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    check_secrets_file(str(path))
+    assert str(path) not in map(str, opened)

@@ -1,0 +1,38 @@
+"""Command builders and parsers of hpc.slurm: pure functions, no SLURM needed."""
+
+from pathlib import Path
+
+from hpc.plan import Dependency
+from hpc.slurm import dependency_option, parse_sacct, parse_squeue, sacct_argv, sbatch_argv, submit_env
+
+
+def test_sbatch_argv_is_a_list_with_parsable():
+    assert sbatch_argv(Path("/e/x.sbatch")) == ["sbatch", "--parsable", "/e/x.sbatch"]
+
+
+def test_dependencies_group_by_kind_and_resolve_launch_jobs():
+    deps = [Dependency("afterok", job="train"), Dependency("afterok", slurm_job_id="7"),
+            Dependency("afterany", slurm_job_id="9")]
+    assert dependency_option(deps, {"train": "100"}) == "--dependency=afterok:100:7,afterany:9"
+    assert dependency_option([], {}) is None
+    argv = sbatch_argv(Path("/e/x.sbatch"), deps, {"train": "100"})
+    assert argv == ["sbatch", "--parsable", "--dependency=afterok:100:7,afterany:9", "/e/x.sbatch"]
+
+
+def test_submit_env_drops_slurm_input_variables_but_keeps_slurm_conf():
+    env = submit_env({"PATH": "/bin", "SBATCH_PARTITION": "x", "SLURM_JOB_ID": "5", "SLURM_CONF": "/etc/s.conf",
+                      "SLURM_CPU_BIND": "none", "PMIX_RANK": "0", "HOME": "/root"})
+    assert env == {"PATH": "/bin", "SLURM_CONF": "/etc/s.conf", "HOME": "/root"}
+
+
+def test_one_sacct_call_for_many_jobs():
+    argv = sacct_argv(["11", "12", "13"])
+    assert argv[:2] == ["sacct", "-X"] and argv[-2:] == ["-j", "11,12,13"]
+
+
+def test_parse_sacct_and_squeue():
+    states = parse_sacct("11|train|COMPLETED|0:0|00:00:21\n12|eval|CANCELLED by 0|0:15|00:00:01\nnoise\n")
+    assert states["11"].state == "COMPLETED" and states["11"].done and states["11"].exit_code == "0:0"
+    assert states["12"].state == "CANCELLED" and states["12"].done
+    pending = parse_squeue("13|x|PENDING\n")
+    assert pending["13"].state == "PENDING" and not pending["13"].done
