@@ -52,7 +52,7 @@ class SbatchHeader:
     """The #SBATCH lines of one job (rendered by sbatch_templates/base.sbatch.j2)."""
 
     job_name: str
-    partition: str
+    partition: str | None
     account: str | None
     qos: str | None
     nodes: int
@@ -114,7 +114,7 @@ def resolve_header(opts: LaunchOptions, ctx: Context, job_name: str, experiment_
     seconds = parse_time(opts.time_limit or p.default_time)
     if partition == p.partition and seconds > p.max_seconds:
         raise LaunchError(
-            f"--time_limit {format_time(seconds)} exceeds the {p.max_time} limit of partition {partition} on {p.name}; "
+            f"--time_limit {format_time(seconds)} exceeds the {p.max_time} limit of partition {partition or 'default'} on {p.name}; "
             "ask for less time (jobs can requeue and resume)"
         )
     share = gpus_per_node / p.gpus_per_node if p.gpus_per_node and gpus else 1.0

@@ -34,7 +34,7 @@ class ClusterProfile:
     description: str
     slurm_cluster_names: list[str]
     hostname_patterns: list[str]
-    partition: str
+    partition: str | None
     account: str | None
     qos: str | None
     gpus_per_node: int

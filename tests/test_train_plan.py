@@ -157,4 +157,4 @@ def test_modules_and_extra_sbatch_lines_come_from_the_profile(train_yaml, tmp_pa
     assert "module load Stages/2025 CUDA\n" in script
     assert "#SBATCH --constraint=gpu\n" in script and "#SBATCH --qos=normal\n" in script
     assert "#SBATCH --gpus-per-node=4\n" in script and "--gres" not in script
-    assert 'export MASTER_ADDR="${head_addr:-$head_node}i"' in script
+    assert 'export MASTER_ADDR="${head_node}i"' in script and "NodeAddr" not in script
