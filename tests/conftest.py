@@ -1,30 +1,14 @@
-"""Shared fixtures: a tiny train YAML, user profile directories, a CLI runner."""
+"""Shared fixtures: isolation from the developer's environment, a train YAML, user profile directories."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hpc import ROOT
-
-TRAIN_YAML = {
-    "model_name_or_path": "build/tiny/model",
-    "stage": "sft",
-    "do_train": True,
-    "finetuning_type": "full",
-    "dataset": "tiny_sft",
-    "dataset_dir": "build/tiny/data",
-    "template": "qwen",
-    "per_device_train_batch_size": 2,
-    "learning_rate": 0.001,
-    "max_steps": 5,
-}
+from helpers import TRAIN_YAML, local_profile_data
 
 
 @pytest.fixture(autouse=True)
@@ -42,12 +26,6 @@ def train_yaml(tmp_path) -> Path:
     return path
 
 
-def local_profile_data(**changes) -> dict:
-    data = yaml.safe_load((ROOT / "cluster_profiles" / "local.yaml").read_text())
-    data.update(changes)
-    return data
-
-
 @pytest.fixture
 def user_profiles(tmp_path, monkeypatch):
     """Write profiles into a directory named by HPC_LAUNCH_PROFILES: user_profiles(name, **changes)."""
@@ -62,19 +40,3 @@ def user_profiles(tmp_path, monkeypatch):
         return path
 
     return write
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, module: str = "hpc.launch") -> Result:
-    """Run the launcher as a user would: a separate process."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -2,13 +2,14 @@
 
 import os
 import socket
+import subprocess
 import sys
 
 import pytest
 
-from hpc import launch
+from hpc import ROOT, launch
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 @pytest.fixture
@@ -120,9 +121,7 @@ def test_dry_run_makes_no_network_call(tmp_path, train_yaml, monkeypatch, capsys
 def test_help_imports_no_heavy_library():
     result = run_cli("--help")
     assert result.returncode == 0 and "--train_config_path" in result.stdout and "--dry-run" in result.stdout
-    import subprocess
-
     code = ("import sys, hpc.launch; hpc.launch.parser(); "
             "print(sorted(m for m in ('wandb', 'supabase', 'huggingface_hub', 'torch', 'sky') if m in sys.modules))")
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=launch.__file__[:-len("hpc/launch.py")])
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe

@@ -10,7 +10,7 @@ import yaml
 from hpc.context import LaunchOptions
 from hpc.jobs.train import build_plan
 
-from conftest import TRAIN_YAML
+from helpers import TRAIN_YAML
 
 GOLDEN = Path(__file__).parent / "golden"
 LOGIN_ENV = {"HOME": "/home/alice", "USER": "alice", "PATH": "/usr/bin:/bin", "SCRATCH": "/scratch/alice",

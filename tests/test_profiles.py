@@ -7,7 +7,7 @@ from hpc import profiles
 from hpc.errors import LaunchError
 from hpc.profiles import all_profiles, get_profile, load_profile, match_cluster
 
-from conftest import local_profile_data
+from helpers import local_profile_data
 
 SHIPPED = [
     "jureca", "jupiter", "juwels", "leonardo", "capella", "alpha", "dip", "lrz", "vista",

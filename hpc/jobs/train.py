@@ -11,13 +11,15 @@ from pathlib import Path
 
 import yaml
 
+from hpc import ROOT
 from hpc.context import Context, LaunchOptions, resolve_context, resolve_header
 from hpc.errors import LaunchError
 from hpc.plan import JobSpec, LaunchPlan, parse_dependency
 from hpc.render import render
 
-#: How torchrun starts LLaMA-Factory in each process (the module reads the YAML path from argv).
-ENTRYPOINT = ("-m", "llamafactory.launcher")
+#: The per-process entry torchrun runs, copied into the experiment (see the file's docstring).
+ENTRY_SOURCE = ROOT / "sbatch_templates" / "lf_train.py"
+ENTRY_REL = "sbatch/lf_train.py"
 
 #: LLaMA-Factory keys that have their own CLI flag, with their types.
 TRAIN_FLAGS: dict[str, type] = {
@@ -133,13 +135,14 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> 
         secrets_path=ctx.secrets_path,
         experiment_dir=experiment_dir,
         nproc_per_node=nproc,
-        entrypoint=ENTRYPOINT,
+        entrypoint=[str(experiment_dir / ENTRY_REL)],
         config_path=experiment_dir / config_rel,
         output_dir=config["output_dir"],
     )
     job = JobSpec(key="train", job_type="train", name=job_name, script=script,
                   script_path="sbatch/train.sbatch", dependencies=deps)
     files = {
+        ENTRY_REL: ENTRY_SOURCE.read_text(),
         config_rel: yaml.safe_dump(config, sort_keys=False),
         "configs/launch.yaml": yaml.safe_dump(
             {

@@ -14,7 +14,7 @@ import yaml
 
 from hpc import ROOT
 
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -133,6 +133,7 @@ def test_bad_account_is_refused_by_slurm(launch, tmp_path):
 def test_dependency_holds_the_job(launch, tmp_path):
     held = subprocess.run(["sbatch", "--parsable", "--hold", "-p", "cpu", "--wrap", "true"],
                           capture_output=True, text=True, check=True).stdout.strip()
+    job_id = None
     try:
         result = launch("--train_config_path", str(TINY_YAML), "--job_name", "waits", "--dependency", held)
         assert result.returncode == 0, result.stderr
@@ -140,4 +141,4 @@ def test_dependency_holds_the_job(launch, tmp_path):
         info = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%E"], capture_output=True, text=True).stdout
         assert info.strip() == f"PENDING|Dependency|afterok:{held}(unfulfilled)"
     finally:
-        subprocess.run(["scancel", held] + ([job_id] if "job_id" in locals() else []), check=False)
+        subprocess.run(["scancel", held, *([job_id] if job_id else [])], check=False)

@@ -1,0 +1,48 @@
+"""Helpers for tests: a tiny train YAML, profile data, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from hpc import ROOT
+
+TRAIN_YAML = {
+    "model_name_or_path": "build/tiny/model",
+    "stage": "sft",
+    "do_train": True,
+    "finetuning_type": "full",
+    "dataset": "tiny_sft",
+    "dataset_dir": "build/tiny/data",
+    "template": "qwen",
+    "per_device_train_batch_size": 2,
+    "learning_rate": 0.001,
+    "max_steps": 5,
+}
+
+
+def local_profile_data(**changes) -> dict:
+    data = yaml.safe_load((ROOT / "cluster_profiles" / "local.yaml").read_text())
+    data.update(changes)
+    return data
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, module: str = "hpc.launch") -> Result:
+    """Run the launcher as a user would: a separate process."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
