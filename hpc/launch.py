@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from hpc.context import LaunchOptions
-from hpc.errors import LaunchError
+from hpc.errors import run_reporting
 from hpc.plan import LaunchPlan, write_experiment
-from hpc.slurm import SlurmError, sbatch_argv
+from hpc.slurm import sbatch_argv
 
 JOB_TYPES = ("train",)
 
@@ -104,14 +104,7 @@ def run(opts: LaunchOptions, wait: bool = False) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return run(options_from_args(args), wait=args.wait)
-    except SlurmError as exc:
-        print(f"hpc-launch: error: {exc}", file=sys.stderr)
-        return 1
-    except LaunchError as exc:
-        print(f"hpc-launch: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting("hpc-launch", lambda: run(options_from_args(args), wait=args.wait))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ class LaunchPlan:
         return next(j for j in self.jobs if j.key == key)
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -92,7 +92,7 @@ def manifest_record(plan: LaunchPlan, dry_run: bool) -> dict:
         "experiment_dir": str(plan.experiment_dir),
         "cluster": plan.cluster,
         "dry_run": dry_run,
-        "created_at": _utc_now(),
+        "created_at": utc_now(),
         "jobs": [
             {
                 "key": job.key,

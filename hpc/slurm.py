@@ -9,22 +9,18 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpc.errors import LaunchError
-from hpc.plan import MANIFEST, Dependency, LaunchPlan, _utc_now, write_json
+from hpc.errors import SlurmError
+from hpc.plan import MANIFEST, Dependency, LaunchPlan, utc_now, write_json
 
 TERMINAL = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
     "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
 }  # fmt: skip
 _SACCT_FIELDS = "JobIDRaw,JobName,State,ExitCode,Elapsed"
-
-
-class SlurmError(LaunchError):
-    """SLURM refused or failed a command; the message carries SLURM's own words."""
 
 
 def submit_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -87,7 +83,7 @@ def submit(plan: LaunchPlan, manifest: dict) -> dict:
             undone = f"; cancelled the {len(job_ids)} job(s) already submitted" if job_ids else ""
             raise SlurmError(f"sbatch refused job {job.key!r}: {record['error']}{undone}")
         job_ids[job.key] = proc.stdout.strip().split(";")[0]
-        record.update(slurm_job_id=job_ids[job.key], submitted_at=_utc_now(), state="submitted")
+        record.update(slurm_job_id=job_ids[job.key], submitted_at=utc_now(), state="submitted")
         write_json(path, manifest)
     return manifest
 
@@ -148,10 +144,11 @@ def query(job_ids: list[str]) -> dict[str, JobState]:
 
 
 def wait(job_ids: list[str], timeout: float | None = None, first_poll: float = 2.0, max_poll: float = 60.0,
-         on_change=None) -> dict[str, JobState]:
+         on_change: Callable[[dict[str, JobState]], None] | None = None) -> dict[str, JobState]:
     """Poll until every job is in a terminal state, backing off from first_poll to max_poll seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    interval, last = first_poll, {}
+    interval = first_poll
+    last: dict[str, JobState] = {}
     while True:
         states = query(job_ids)
         if on_change and states != last:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from hpc.errors import LaunchError
+from hpc.errors import LaunchError, run_reporting
 from hpc.plan import MANIFEST, read_manifest, write_json
-from hpc.slurm import JobState, SlurmError, query, wait
+from hpc.slurm import JobState, query, wait
 
 
 def _job_ids(manifest: dict) -> dict[str, str]:
@@ -69,18 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("experiment_dir", type=Path)
     p.add_argument("--wait", action="store_true", help="wait until every job has ended")
     args = p.parse_args(argv)
-    try:
-        if args.wait:
-            return wait_and_report(args.experiment_dir)
-        manifest = read_manifest(args.experiment_dir)
-        _record(args.experiment_dir, manifest, query(list(_job_ids(manifest).values())))
-        return 0
-    except SlurmError as exc:
-        print(f"hpc.status: error: {exc}", file=sys.stderr)
-        return 1
-    except LaunchError as exc:
-        print(f"hpc.status: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting("hpc.status", lambda: show(args.experiment_dir, args.wait))
+
+
+def show(experiment_dir: Path, wait_for_end: bool) -> int:
+    if wait_for_end:
+        return wait_and_report(experiment_dir)
+    manifest = read_manifest(experiment_dir)
+    _record(experiment_dir, manifest, query(list(_job_ids(manifest).values())))
+    return 0
 
 
 if __name__ == "__main__":

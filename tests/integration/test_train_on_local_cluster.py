@@ -86,8 +86,10 @@ def test_tiny_train_completes_and_no_secret_leaks(launch, tmp_path):
     logs = log_text(exp)
     assert "running offline" in logs and "train results:" in logs and "train results:" in result.stdout
     assert (exp / "canary.sha256").read_text().strip() == hashlib.sha256(canary.encode()).hexdigest()
+    status = run_cli(str(exp), module="hpc.status")
+    assert status.returncode == 0 and f"{job['slurm_job_id']}  COMPLETED" in status.stdout, status
     leaks = [p for root in (exp, out) for p in root.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
-    assert leaks == [] and canary not in result.stdout + result.stderr
+    assert leaks == [] and canary not in result.stdout + result.stderr + status.stdout
 
 
 def test_two_node_job_sees_both_nodes(launch, tmp_path):
