@@ -11,6 +11,7 @@ from hpc.envfiles import SECRETS_ENV, check_secrets_file, read_dotenv, resolve_d
 from hpc.errors import LaunchError
 from hpc.plan import check_job_name
 from hpc.profiles import ClusterProfile, detect_profile, get_profile
+from hpc.render import render
 from hpc.timefmt import format_time, parse_time
 
 
@@ -35,7 +36,22 @@ class LaunchOptions:
     # train
     train_config_path: str | None = None
     global_batch_size: int | None = None
+    max_restarts: int | None = None
     train_overrides: dict[str, object] = field(default_factory=dict)
+    # consolidate (its own job type, or chained after train with consolidate=True)
+    consolidate: bool = False
+    consolidate_input: str | None = None
+    consolidate_output_dir: str | None = None
+    consolidate_output_repo: str | None = None
+    consolidate_time_limit: str | None = None
+    consolidate_partition: str | None = None
+    dtype: str = "fp32"
+    public: bool = False
+    overwrite: bool = False
+    # eval, chained after the last job that produces a model
+    eval_tasks: str | None = None
+    eval_time_limit: str | None = None
+    eval_num_nodes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,8 @@ class SbatchHeader:
     log_pattern: str
     workdir: str
     extra: tuple[str, ...] = ()
+    requeue: bool = False
+    signal: str | None = None  # e.g. "B:USR1@300": warn the batch shell before the time limit
 
 
 def resolve_context(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> Context:
@@ -96,39 +114,51 @@ def _scaled_memory(mem: str | None, share: float) -> str | None:
     return f"{max(1, int(megabytes * share))}M"
 
 
-def resolve_header(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir: Path,
-                   default_nodes: int = 1, gpus: bool = True) -> SbatchHeader:
-    """Resources for one job: explicit option > profile > built-in default, checked against the profile."""
+def resolve_header(ctx: Context, job_name: str, experiment_dir: Path, *, partition: str | None = None,
+                   account: str | None = None, qos: str | None = None, time_limit: str | None = None,
+                   nodes: int = 1, gpus_per_node: int | None = None, requeue: bool = False,
+                   signal: str | None = None) -> SbatchHeader:
+    """Resources for one job: a given value > the profile > built-in defaults, checked against the profile.
+
+    gpus_per_node None means all of a node's GPUs; 0 means a CPU job that takes the whole node.
+    """
     p = ctx.profile
-    nodes = default_nodes if opts.num_nodes is None else opts.num_nodes
     if nodes < 1:
         raise LaunchError(f"--num_nodes must be at least 1 (got {nodes})")
     if p.max_nodes is not None and nodes > p.max_nodes:
         raise LaunchError(f"--num_nodes {nodes} exceeds the {p.max_nodes} nodes a job may use on {p.name}")
-    gpus_per_node = (p.gpus_per_node if opts.gpus_per_node is None else opts.gpus_per_node) if gpus else 0
-    if gpus_per_node < 0 or gpus_per_node > p.gpus_per_node:
-        raise LaunchError(
-            f"--gpus_per_node {gpus_per_node} is not possible on {p.name}: its nodes have {p.gpus_per_node} GPUs"
-        )
-    partition = opts.partition or p.partition
-    seconds = parse_time(opts.time_limit or p.default_time)
+    gpus = p.gpus_per_node if gpus_per_node is None else gpus_per_node
+    if gpus < 0 or gpus > p.gpus_per_node:
+        raise LaunchError(f"--gpus_per_node {gpus} is not possible on {p.name}: its nodes have {p.gpus_per_node} GPUs")
+    partition = partition or p.partition
+    seconds = parse_time(time_limit or p.default_time)
     if partition == p.partition and seconds > p.max_seconds:
         raise LaunchError(
-            f"--time_limit {format_time(seconds)} exceeds the {p.max_time} limit of partition {partition or 'default'} on {p.name}; "
-            "ask for less time (jobs can requeue and resume)"
+            f"--time_limit {format_time(seconds)} exceeds the {p.max_time} limit of partition {partition or 'default'} "
+            f"on {p.name}; ask for less time (jobs can requeue and resume)"
         )
-    share = gpus_per_node / p.gpus_per_node if p.gpus_per_node and gpus else 1.0
+    share = gpus / p.gpus_per_node if p.gpus_per_node and gpus else 1.0
     return SbatchHeader(
         job_name=check_job_name(job_name),
         partition=partition,
-        account=opts.account or p.account,
-        qos=opts.qos or p.qos,
+        account=account or p.account,
+        qos=qos or p.qos,
         nodes=nodes,
         cpus_per_task=max(1, int(p.cpus_per_node * share)),
-        gpus_per_node=gpus_per_node if p.gpu_request != "none" else 0,
+        gpus_per_node=gpus if p.gpu_request != "none" else 0,
         mem=_scaled_memory(p.mem_per_node, share),
         time=format_time(seconds),
         log_pattern=str(experiment_dir / "logs" / "%x_%j.out"),
         workdir=str(ctx.workdir),
         extra=tuple(p.sbatch_extra),
+        requeue=requeue,
+        signal=signal,
     )
+
+
+def render_job(template: str, ctx: Context, header: SbatchHeader, experiment_dir: Path, job_type: str,
+               **extra: object) -> str:
+    """Render one job's script on the shared skeleton with the launch's environment."""
+    env = {**ctx.env, "HPC_EXPERIMENT_DIR": str(experiment_dir)}
+    return render(template, job_type=job_type, header=header, profile=ctx.profile, env=env,
+                  secrets_path=ctx.secrets_path, experiment_dir=experiment_dir, **extra)

@@ -15,7 +15,7 @@ from hpc.errors import run_reporting
 from hpc.plan import LaunchPlan, write_experiment
 from hpc.slurm import sbatch_argv
 
-JOB_TYPES = ("train",)
+JOB_TYPES = ("train", "consolidate")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +53,24 @@ def parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("train (LLaMA-Factory): explicit flags > YAML > profile > defaults")
     _flag(t, "train_config_path", help="LLaMA-Factory YAML")
     _flag(t, "global_batch_size", type=int, help="sets gradient_accumulation_steps exactly, or errors")
+    _flag(t, "max_restarts", type=int, help="requeues after a time limit or preemption, resuming from the "
+          "newest checkpoint (default: 3; 0 never requeues)")
     for key, kind in TRAIN_FLAGS.items():
         _flag(t, key, type=kind, default=None)
+    c = p.add_argument_group("consolidate: ZeRO shards -> safetensors (--job_type consolidate, or --consolidate after train)")
+    _flag(c, "consolidate", action="store_true", help="chain a consolidate job after train (afterok)")
+    _flag(c, "consolidate_input", help="ZeRO checkpoint dir, training output dir, or Hub repo id (org/name[@rev])")
+    _flag(c, "consolidate_output_dir", help="where the safetensors go (default: next to the checkpoints)")
+    _flag(c, "consolidate_output_repo", help="also upload to this Hub repo (private unless --public); adds a commit")
+    _flag(c, "consolidate_time_limit")
+    _flag(c, "consolidate_partition")
+    _flag(c, "dtype", choices=("fp32", "bf16"), default="fp32", help="weights dtype (default: fp32)")
+    _flag(c, "public", action="store_true", help="create the upload repo public")
+    _flag(c, "overwrite", action="store_true", help="write into a non-empty output dir (only its own files)")
+    e = p.add_argument_group("eval: the profile's eval_command on the model, after the last step (afterok)")
+    _flag(e, "eval_tasks", help="tasks for the cluster's eval harness (local: a held-out data JSON)")
+    _flag(e, "eval_time_limit")
+    _flag(e, "eval_num_nodes", type=int)
     return p
 
 
@@ -68,9 +84,9 @@ def options_from_args(args: argparse.Namespace) -> LaunchOptions:
 
 
 def build_plan(opts: LaunchOptions) -> LaunchPlan:
-    from hpc.jobs import train
+    from hpc.jobs import consolidate, train
 
-    builders = {"train": train.build_plan}
+    builders = {"train": train.build_plan, "consolidate": consolidate.build_plan}
     return builders[opts.job_type](opts)
 
 

@@ -70,6 +70,15 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One job of a launch, the files it needs and where it leaves a model (for eval to find)."""
+
+    job: JobSpec
+    files: dict[str, str] = field(default_factory=dict)
+    model_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     """Everything a launch writes and submits, computed before anything is written."""
 
@@ -80,6 +89,11 @@ class LaunchPlan:
 
     def job(self, key: str) -> JobSpec:
         return next(j for j in self.jobs if j.key == key)
+
+    @classmethod
+    def from_steps(cls, experiment_dir: Path, cluster: str, steps: list[Step]) -> "LaunchPlan":
+        files = {rel: text for step in steps for rel, text in step.files.items()}
+        return cls(experiment_dir=experiment_dir, cluster=cluster, jobs=tuple(s.job for s in steps), files=files)
 
 
 def utc_now() -> str:

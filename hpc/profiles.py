@@ -23,6 +23,9 @@ BUILTIN_DIR = ROOT / "cluster_profiles"
 #: Colon-separated list of extra profile directories; their files win over the built-in ones.
 PATH_ENV = "HPC_LAUNCH_PROFILES"
 
+#: Placeholders an eval_command argument may use (filled per launch, then shell-quoted).
+EVAL_PLACEHOLDERS = {"model": "", "tasks": "", "output": "", "hpc_root": "", "nodes": "", "gpus_per_node": ""}
+
 _SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@%/-]+")
 
 
@@ -52,6 +55,8 @@ class ClusterProfile:
     master_addr_suffix: str
     train_defaults: dict[str, object]
     max_nodes: int | None = None
+    signal_seconds: int = 300
+    eval_command: list[str] | None = None
     source: Path = field(default=Path(), compare=False)
 
     @property
@@ -124,6 +129,16 @@ def _check_values(p: ClusterProfile, where: str) -> None:
             raise LaunchError(f"{where}: key {key!r} has characters sbatch cannot take: {value!r}")
     if not re.fullmatch(r"[A-Za-z0-9.-]*", p.master_addr_suffix):
         raise LaunchError(f"{where}: key 'master_addr_suffix' may hold only letters, digits, '.' and '-'")
+    if p.signal_seconds < 120:
+        raise LaunchError(f"{where}: signal_seconds must be at least 120 (SLURM may signal up to 60 s early)")
+    for arg in p.eval_command or []:
+        try:
+            arg.format_map(EVAL_PLACEHOLDERS)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise LaunchError(
+                f"{where}: eval_command argument {arg!r} has a bad placeholder ({exc}); "
+                f"use {', '.join('{' + k + '}' for k in EVAL_PLACEHOLDERS)}"
+            ) from None
     if parse_time(p.default_time, f"{where}: default_time") > p.max_seconds:
         raise LaunchError(f"{where}: default_time {p.default_time} exceeds max_time {p.max_time}")
     for pattern in p.hostname_patterns:

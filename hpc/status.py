@@ -20,12 +20,17 @@ def _job_ids(manifest: dict) -> dict[str, str]:
 
 def _record(experiment_dir: Path, manifest: dict, states: dict[str, JobState]) -> None:
     """Store the latest SLURM states in the manifest and print one line per job."""
+    by_key = {r["key"]: r for r in manifest["jobs"]}
     for record in manifest["jobs"]:
         state = states.get(record.get("slurm_job_id") or "")
         if state:
             record.update(state=state.state, exit_code=state.exit_code, elapsed=state.elapsed)
+        failed = [d["job"] for d in record["dependencies"] if d.get("job") and d["kind"] == "afterok"
+                  and by_key[d["job"]]["state"] not in ("COMPLETED", "PENDING", "RUNNING", "submitted")]
+        if failed and record["state"] in ("CANCELLED", "PENDING"):
+            record["reason"] = f"not run: {failed[0]} ended {by_key[failed[0]]['state']}"
         print(f"  {record['key']:<12} {record.get('slurm_job_id') or '-':>10}  {record['state']:<12} "
-              f"{record.get('exit_code', '')} {record.get('elapsed', '')}".rstrip())
+              f"{record.get('exit_code', '')} {record.get('elapsed', '')} {record.get('reason', '')}".rstrip())
     write_json(experiment_dir / MANIFEST, manifest)
 
 

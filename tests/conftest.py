@@ -40,3 +40,6 @@ def user_profiles(tmp_path, monkeypatch):
         return path
 
     return write
+
+
+from fakehub import fake_hub  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from hpc import ROOT
+
+TINY_YAML = ROOT / "examples" / "train" / "tiny_sft.yaml"
 
 TRAIN_YAML = {
     "model_name_or_path": "build/tiny/model",
@@ -46,3 +49,20 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, module
         [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def manifest(exp: Path) -> dict:
+    return json.loads((exp / "manifest.json").read_text())
+
+
+def train_output(exp: Path) -> Path:
+    return Path(yaml.safe_load((exp / "configs/train.yaml").read_text())["output_dir"])
+
+
+def log_text(exp: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in (exp / "logs").glob("*.out"))

@@ -12,14 +12,18 @@ from pathlib import Path
 import yaml
 
 from hpc import ROOT
-from hpc.context import Context, LaunchOptions, resolve_context, resolve_header
+from hpc.context import Context, LaunchOptions, render_job, resolve_context, resolve_header
 from hpc.errors import LaunchError
-from hpc.plan import JobSpec, LaunchPlan, parse_dependency
-from hpc.render import render
+from hpc.jobs.chain import finish_chain
+from hpc.plan import JobSpec, LaunchPlan, Step, parse_dependency
+from hpc.timefmt import parse_time
 
 #: The per-process entry torchrun runs, copied into the experiment (see the file's docstring).
 ENTRY_SOURCE = ROOT / "sbatch_templates" / "lf_train.py"
 ENTRY_REL = "sbatch/lf_train.py"
+CONFIG_REL = "configs/train.yaml"
+#: Requeues after a time limit or preemption, unless --max_restarts says otherwise.
+DEFAULT_MAX_RESTARTS = 3
 
 #: LLaMA-Factory keys that have their own CLI flag, with their types.
 TRAIN_FLAGS: dict[str, type] = {
@@ -106,56 +110,70 @@ def _check_local_files(config: Mapping[str, object], workdir: Path) -> None:
 
 
 def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
-    """The train launch as data: resolved config, rendered script, dependencies. Writes nothing."""
+    """The train launch as data (train, then optional consolidate and eval). Writes nothing."""
     config_path, yaml_config = load_train_yaml(opts.train_config_path)
-    ctx: Context = resolve_context(opts, environ)
+    ctx = resolve_context(opts, environ)
     job_name = opts.job_name or _default_job_name(config_path)
     experiment_dir = ctx.experiments_dir / job_name
-    header = resolve_header(opts, ctx, job_name, experiment_dir)
+    step = train_step(opts, ctx, job_name, experiment_dir, config_path, yaml_config)
+    return finish_chain(opts, ctx, job_name, experiment_dir, [step], consolidate_after=opts.consolidate)
+
+
+def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir: Path, config_path: Path,
+               yaml_config: dict) -> Step:
+    p = ctx.profile
+    max_restarts = DEFAULT_MAX_RESTARTS if opts.max_restarts is None else opts.max_restarts
+    if max_restarts < 0:
+        raise LaunchError(f"--max_restarts must be 0 or more (got {max_restarts})")
+    header = resolve_header(
+        ctx, job_name, experiment_dir, partition=opts.partition, account=opts.account, qos=opts.qos,
+        time_limit=opts.time_limit, nodes=1 if opts.num_nodes is None else opts.num_nodes,
+        gpus_per_node=opts.gpus_per_node, requeue=max_restarts > 0, signal=f"B:USR1@{p.signal_seconds}",
+    )
+    if parse_time(header.time) <= 2 * p.signal_seconds:
+        raise LaunchError(
+            f"--time_limit {header.time} leaves no time to train: {p.name} warns {p.signal_seconds} s before the "
+            f"limit to checkpoint; ask for more than {2 * p.signal_seconds} s"
+        )
     nproc = max(1, header.gpus_per_node)
     checkpoints = ctx.env.get("CHECKPOINTS_DIR")
     builtin = {
         "output_dir": str(Path(checkpoints) / job_name) if checkpoints else str(experiment_dir / "checkpoints"),
         "run_name": job_name,
     }
-    config = merge_config(yaml_config, opts.train_overrides, ctx.profile.train_defaults, builtin)
+    config = merge_config(yaml_config, opts.train_overrides, p.train_defaults, builtin)
     apply_global_batch_size(
         config, opts.global_batch_size, header.nodes * nproc, "gradient_accumulation_steps" in opts.train_overrides
     )
     _check_local_files(config, ctx.workdir)
-    deps = tuple(parse_dependency(opts.dependency)) if opts.dependency else ()
-    config_rel = "configs/train.yaml"
-    env = {**ctx.env, "HPC_EXPERIMENT_DIR": str(experiment_dir)}
-    script = render(
-        "train.sbatch.j2",
-        job_type="train",
-        header=header,
-        profile=ctx.profile,
-        env=env,
-        secrets_path=ctx.secrets_path,
-        experiment_dir=experiment_dir,
+    script = render_job(
+        "train.sbatch.j2", ctx, header, experiment_dir, "train",
         nproc_per_node=nproc,
         entrypoint=[str(experiment_dir / ENTRY_REL)],
-        config_path=experiment_dir / config_rel,
+        config_path=experiment_dir / CONFIG_REL,
         output_dir=config["output_dir"],
+        max_restarts=max_restarts,
+        signal_seconds=p.signal_seconds,
     )
+    deps = tuple(parse_dependency(opts.dependency)) if opts.dependency else ()
     job = JobSpec(key="train", job_type="train", name=job_name, script=script,
                   script_path="sbatch/train.sbatch", dependencies=deps)
     files = {
         ENTRY_REL: ENTRY_SOURCE.read_text(),
-        config_rel: yaml.safe_dump(config, sort_keys=False),
+        CONFIG_REL: yaml.safe_dump(config, sort_keys=False),
         "configs/launch.yaml": yaml.safe_dump(
             {
-                "cluster": ctx.profile.name,
-                "profile_file": str(ctx.profile.source),
+                "cluster": p.name,
+                "profile_file": str(p.source),
                 "train_config_source": str(config_path.absolute()),
                 "workdir": str(ctx.workdir),
                 "resources": asdict(header) | {"extra": list(header.extra), "nproc_per_node": nproc},
-                "environment": env,
+                "max_restarts": max_restarts,
+                "environment": ctx.env,
                 "secrets_file": str(ctx.secrets_path) if ctx.secrets_path else None,
             },
             sort_keys=False,
         ),
     }
-    return LaunchPlan(experiment_dir=experiment_dir, cluster=ctx.profile.name, jobs=(job,), files=files)
-
+    produces_model = bool(config.get("do_train", True))
+    return Step(job=job, files=files, model_dir=str(config["output_dir"]) if produces_model else None)

@@ -6,61 +6,12 @@ import hashlib
 import json
 import secrets
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from hpc import ROOT
-
-from helpers import run_cli
+from helpers import TINY_YAML, log_text, manifest, run_cli, sacct_state, train_output
 
 pytestmark = pytest.mark.slurm
-
-TINY_YAML = ROOT / "examples" / "train" / "tiny_sft.yaml"
-
-
-@pytest.fixture(scope="session")
-def cluster() -> None:
-    status = subprocess.run(["bash", str(ROOT / "scripts/local_slurm.sh"), "status"], capture_output=True, text=True)
-    if status.returncode != 0:
-        pytest.fail(f"the local SLURM cluster is not up; run: bash scripts/local_slurm.sh up\n{status.stdout}")
-
-
-@pytest.fixture(scope="session")
-def tiny_model() -> None:
-    if not (ROOT / "build/tiny/model/config.json").exists():
-        subprocess.run([sys.executable, "examples/make_tiny_model.py", "--out", "build/tiny"], cwd=ROOT, check=True)
-
-
-@pytest.fixture
-def launch(tmp_path, cluster, tiny_model):
-    """Run hpc-launch on the local cluster with this venv and a per-test scratch directory."""
-    env = {"HPC_VENV": sys.prefix, "HPC_LAUNCH_SCRATCH": str(tmp_path / "scratch")}
-
-    def run(*args: str, extra_env: dict | None = None):
-        return run_cli("--cluster", "local", "--experiments_dir", str(tmp_path / "exp"), *args,
-                       env={**env, **(extra_env or {})})
-
-    return run
-
-
-def sacct_state(job_id: str) -> str:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True)
-    return out.stdout.strip()
-
-
-def manifest(exp: Path) -> dict:
-    return json.loads((exp / "manifest.json").read_text())
-
-
-def train_output(exp: Path) -> Path:
-    return Path(yaml.safe_load((exp / "configs/train.yaml").read_text())["output_dir"])
-
-
-def log_text(exp: Path) -> str:
-    return "".join(p.read_text(errors="replace") for p in (exp / "logs").glob("*.out"))
 
 
 def test_tiny_train_completes_and_no_secret_leaks(launch, tmp_path):

@@ -1,0 +1,95 @@
+"""Consolidate: DeepSpeed ZeRO shards -> safetensors with tokenizer and config, optionally uploaded.
+
+Its own job type (--job_type consolidate --consolidate_input ...) or chained after train
+(--consolidate). The work runs in the job (hpc/jobside/consolidate.py, copied into the experiment).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from hpc import ROOT
+from hpc.context import Context, LaunchOptions, render_job, resolve_context, resolve_header
+from hpc.errors import LaunchError
+from hpc.jobs.chain import after, finish_chain
+from hpc.jobside.consolidate import find_zero_checkpoint, parse_input
+from hpc.plan import JobSpec, LaunchPlan, Step, parse_dependency
+
+JOBSIDE = ROOT / "hpc" / "jobside" / "consolidate.py"
+SCRIPT_REL = "sbatch/consolidate.py"
+DTYPES = ("fp32", "bf16")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
+    """--job_type consolidate: one consolidate job (and eval after it when asked)."""
+    source = opts.consolidate_input
+    if not source:
+        raise LaunchError("--job_type consolidate needs --consolidate_input (a ZeRO checkpoint dir or a Hub repo id)")
+    ctx = resolve_context(opts, environ)
+    try:
+        local, repo, _ = parse_input(source)
+        if local is not None:
+            find_zero_checkpoint(local)
+            source = str(local.absolute())
+    except ValueError as exc:
+        raise LaunchError(f"--consolidate_input: {exc}") from None
+    if repo is not None and not ctx.profile.internet:
+        raise LaunchError(
+            f"compute nodes of {ctx.profile.name} have no internet, so they cannot download {source}; "
+            "download it on the login node (huggingface-cli download) and pass the local path"
+        )
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", source.rstrip("/").split("/")[-1]).strip("-.")[:60] or "model"
+    job_name = opts.job_name or f"{stem}_consolidate_{datetime.now():%Y%m%d-%H%M%S}"
+    experiment_dir = ctx.experiments_dir / job_name
+    checkpoints = ctx.env.get("CHECKPOINTS_DIR")
+    output = opts.consolidate_output_dir or (
+        str(Path(checkpoints) / job_name) if checkpoints else str(experiment_dir / "consolidated")
+    )
+    deps = tuple(parse_dependency(opts.dependency)) if opts.dependency else ()
+    step = _step(opts, ctx, job_name, experiment_dir, source, output, deps)
+    return finish_chain(opts, ctx, job_name, experiment_dir, [step], consolidate_after=False)
+
+
+def after_train(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir: Path, train: Step) -> Step:
+    """Consolidate the newest checkpoint of the train step's output_dir once training COMPLETED."""
+    if train.model_dir is None:
+        raise LaunchError("--consolidate needs a training run that saves checkpoints (do_train: true)")
+    output = opts.consolidate_output_dir or f"{train.model_dir.rstrip('/')}-consolidated"
+    return _step(opts, ctx, f"{job_name}_consolidate", experiment_dir, train.model_dir, output, after(train))
+
+
+def _check_repo_id(repo: str, flag: str) -> None:
+    if not _REPO_ID.fullmatch(repo):
+        raise LaunchError(f"{flag} {repo!r} is not a Hugging Face repo id; write it as org/name")
+
+
+def _step(opts: LaunchOptions, ctx: Context, name: str, experiment_dir: Path, source: str, output: str,
+          deps: tuple) -> Step:
+    if opts.dtype not in DTYPES:
+        raise LaunchError(f"--dtype {opts.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    out = Path(output).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not opts.overwrite:
+        raise LaunchError(f"consolidate output {out} is not empty; choose another --consolidate_output_dir or pass --overwrite")
+    command = ["python", str(experiment_dir / SCRIPT_REL), "--input", source, "--output", str(out.absolute()),
+               "--dtype", opts.dtype, *(["--overwrite"] if opts.overwrite else [])]
+    if opts.consolidate_output_repo:
+        _check_repo_id(opts.consolidate_output_repo, "--consolidate_output_repo")
+        if not ctx.profile.internet:
+            raise LaunchError(
+                f"compute nodes of {ctx.profile.name} have no internet, so the job cannot upload to "
+                f"{opts.consolidate_output_repo}; upload the consolidated folder from the login node"
+            )
+        command += ["--output_repo", opts.consolidate_output_repo, *(["--public"] if opts.public else [])]
+    header = resolve_header(ctx, name, experiment_dir, partition=opts.consolidate_partition or opts.partition,
+                            account=opts.account, qos=opts.qos, time_limit=opts.consolidate_time_limit,
+                            gpus_per_node=0)
+    script = render_job("command.sbatch.j2", ctx, header, experiment_dir, "consolidate", command=command,
+                        make_dirs=[])
+    job = JobSpec(key="consolidate", job_type="consolidate", name=name, script=script,
+                  script_path="sbatch/consolidate.sbatch", dependencies=deps)
+    return Step(job=job, files={SCRIPT_REL: JOBSIDE.read_text()}, model_dir=str(out.absolute()))

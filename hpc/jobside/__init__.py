@@ -1,0 +1,1 @@
+"""Scripts that run inside SLURM jobs: copied into the experiment directory, stdlib-only at import."""

@@ -1,0 +1,148 @@
+"""Train -> consolidate -> eval as one plan: edges, resources, requeue settings, refusals. Pure."""
+
+import json
+
+import pytest
+
+from hpc.context import LaunchOptions
+from hpc.errors import LaunchError
+from hpc.jobs import consolidate, train
+from hpc.plan import manifest_record
+from hpc.slurm import sbatch_argv
+
+
+def _opts(train_yaml, tmp_path, **kw) -> LaunchOptions:
+    base = dict(cluster="local", train_config_path=str(train_yaml), experiments_dir=str(tmp_path / "exp"),
+                job_name="chain")
+    return LaunchOptions(**{**base, **kw})
+
+
+def _zero_checkpoint(root):
+    ckpt = root / "out" / "checkpoint-4"
+    (ckpt / "global_step4").mkdir(parents=True)
+    (ckpt / "global_step4" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"x")
+    (ckpt / "latest").write_text("global_step4")
+    return root / "out"
+
+
+def test_train_consolidate_eval_is_a_chain_of_afterok(train_yaml, tmp_path):
+    plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, eval_tasks="build/tiny/data/tiny_eval.json"))
+    assert [j.key for j in plan.jobs] == ["train", "consolidate", "eval"]
+    assert [j.name for j in plan.jobs] == ["chain", "chain_consolidate", "chain_eval"]
+    record = manifest_record(plan, dry_run=True)
+    assert [r["dependencies"] for r in record["jobs"]] == [
+        [], [{"kind": "afterok", "job": "train"}], [{"kind": "afterok", "job": "consolidate"}]]
+    ids = {"train": "10", "consolidate": "11"}
+    argvs = [sbatch_argv(plan.experiment_dir / j.script_path, j.dependencies, ids) for j in plan.jobs]
+    assert [a[2] if len(a) == 4 else None for a in argvs] == [None, "--dependency=afterok:10", "--dependency=afterok:11"]
+    output_dir = "/tmp/hpc-launch/checkpoints/chain"
+    consolidate_script = plan.job("consolidate").script
+    assert f"--input {output_dir} --output {output_dir}-consolidated --dtype fp32" in consolidate_script
+    eval_script = plan.job("eval").script
+    assert f"--model {output_dir}-consolidated" in eval_script  # eval reads what consolidate wrote
+    assert f"--output {plan.experiment_dir}/eval/results.json" in eval_script
+    assert "sbatch/consolidate.py" in plan.files and "sbatch/lf_train.py" in plan.files
+
+
+def test_eval_right_after_train_reads_the_train_output(train_yaml, tmp_path):
+    plan = train.build_plan(_opts(train_yaml, tmp_path, eval_tasks="data.json"))
+    assert [j.key for j in plan.jobs] == ["train", "eval"]
+    assert plan.job("eval").dependencies[0].job == "train"
+    assert "--model /tmp/hpc-launch/checkpoints/chain " in plan.job("eval").script
+
+
+def test_user_dependency_applies_to_the_first_job_only(train_yaml, tmp_path):
+    plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, dependency="afterany:77"))
+    assert [(d.kind, d.slurm_job_id, d.job) for d in plan.job("train").dependencies] == [("afterany", "77", None)]
+    assert [(d.kind, d.job) for d in plan.job("consolidate").dependencies] == [("afterok", "train")]
+
+
+def test_requeue_and_signal_only_for_train(train_yaml, tmp_path):
+    plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, eval_tasks="d.json"))
+    script = plan.job("train").script
+    assert "#SBATCH --requeue\n" in script and "#SBATCH --signal=B:USR1@120\n" in script
+    assert "max_restarts=3\n" in script
+    for key in ("consolidate", "eval"):
+        assert "#SBATCH --no-requeue\n" in plan.job(key).script and "--signal" not in plan.job(key).script
+    no_restarts = train.build_plan(_opts(train_yaml, tmp_path, max_restarts=0)).job("train").script
+    assert "#SBATCH --no-requeue\n" in no_restarts and "max_restarts=0\n" in no_restarts
+    for job in plan.jobs:
+        assert "#SBATCH --kill-on-invalid-dep=yes\n" in job.script and "#SBATCH --open-mode=append\n" in job.script
+
+
+def test_consolidate_takes_a_whole_node_without_gpus(train_yaml, tmp_path):
+    script = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, gpus_per_node=1)).job("consolidate").script
+    assert "--gres" not in script and "#SBATCH --cpus-per-task=4\n" in script and "#SBATCH --mem=7500M\n" in script
+
+
+def test_standalone_consolidate_of_a_local_checkpoint(tmp_path):
+    out = _zero_checkpoint(tmp_path)
+    plan = consolidate.build_plan(LaunchOptions(job_type="consolidate", cluster="local", consolidate_input=str(out),
+                                                consolidate_output_dir=str(tmp_path / "merged"), dtype="bf16",
+                                                experiments_dir=str(tmp_path / "exp"), job_name="c1"))
+    assert [j.key for j in plan.jobs] == ["consolidate"]
+    assert f"--input {out} --output {tmp_path}/merged --dtype bf16" in plan.jobs[0].script
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({}, "--job_type consolidate needs --consolidate_input"),
+        ({"consolidate_input": "/nonexistent/ckpt"}, "--consolidate_input: "),
+        ({"consolidate_input": "not a repo!"}, "is neither an existing path nor a Hugging Face repo id"),
+        ({"consolidate_input": "org/model", "cluster": "jureca"}, "have no internet, so they cannot download org/model"),
+    ],
+)
+def test_bad_consolidate_input(tmp_path, kw, message):
+    opts = LaunchOptions(**{"job_type": "consolidate", "cluster": "local", "experiments_dir": str(tmp_path), **kw})
+    with pytest.raises(LaunchError, match=message):
+        consolidate.build_plan(opts)
+
+
+def test_plain_model_dir_is_not_a_zero_checkpoint(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({}))
+    opts = LaunchOptions(job_type="consolidate", cluster="local", consolidate_input=str(model),
+                         experiments_dir=str(tmp_path / "exp"))
+    with pytest.raises(LaunchError, match=f"--consolidate_input: .*{model}"):
+        consolidate.build_plan(opts)
+
+
+def test_non_empty_output_needs_overwrite(train_yaml, tmp_path):
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "mine.txt").write_text("keep me")
+    with pytest.raises(LaunchError, match=f"consolidate output {merged} is not empty; .* or pass --overwrite"):
+        train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, consolidate_output_dir=str(merged)))
+    plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, consolidate_output_dir=str(merged),
+                                  overwrite=True))
+    assert "--overwrite" in plan.job("consolidate").script
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"consolidate_output_repo": "org/x"}, "consolidate options were given without --consolidate"),
+        ({"consolidate": True, "consolidate_output_repo": "bad repo"}, "is not a Hugging Face repo id"),
+        ({"eval_tasks": "mmlu", "cluster": "jureca"}, "the jureca profile has no eval_command"),
+        ({"train_overrides": {"max_steps": 3}, "max_restarts": -1}, "--max_restarts must be 0 or more"),
+        ({"time_limit": "00:03:00"}, "leaves no time to train: local warns 120 s before the limit"),
+        ({"eval_tasks": "d.json", "eval_num_nodes": 0}, "--num_nodes must be at least 1"),
+    ],
+)
+def test_bad_chain_options(train_yaml, tmp_path, kw, message):
+    with pytest.raises(LaunchError, match=message):
+        train.build_plan(_opts(train_yaml, tmp_path, **kw))
+
+
+def test_eval_without_a_model_to_evaluate(tmp_path):
+    path = tmp_path / "predict.yaml"
+    path.write_text("model_name_or_path: m\ndataset: d\ndo_train: false\ndo_predict: true\n")
+    with pytest.raises(LaunchError, match="--eval_tasks needs a model to evaluate, but the train job produces none"):
+        train.build_plan(_opts(path, tmp_path, eval_tasks="d.json"))
+
+
+def test_upload_from_offline_compute_nodes_is_refused(train_yaml, tmp_path):
+    with pytest.raises(LaunchError, match="have no internet, so the job cannot upload to org/x"):
+        train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, consolidate_output_repo="org/x"))
