@@ -1,7 +1,8 @@
 """hpc/jobside/consolidate.py: checkpoint discovery and CLI refusals (fast), and a real ZeRO-3 round trip (ml).
 
 The ml tests train the tiny model with LLaMA-Factory + DeepSpeed ZeRO-3 on 2 CPU processes once per module
-(about 10-20 s with a warm TORCH_EXTENSIONS_DIR, about 45 s more on the first run), then consolidate and evaluate it.
+(10-20 s with a warm TORCH_EXTENSIONS_DIR, ~45 s more on the first run), then consolidate and evaluate it: about
+40 s in all when warm. The fast tests need only the stdlib, pytest and pyyaml.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ SCRIPT = ROOT / "hpc" / "jobside" / "consolidate.py"
 EVAL = ROOT / "examples" / "eval" / "eval_ppl.py"
 ZERO3_YAML = ROOT / "examples" / "train" / "tiny_sft_zero3.yaml"
 TORCH_EXTENSIONS_DIR = "/var/cache/hpc-launch/torch_extensions"  # keeps DeepSpeed's shm_comm JIT build warm
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1"}  # never huggingface.co
 
 
 def fake_zero(ckpt: Path, step: int, latest: bool = True) -> Path:
@@ -38,10 +40,10 @@ def fake_zero(ckpt: Path, step: int, latest: bool = True) -> Path:
     return ckpt
 
 
-def run_script(*args: str, env: dict | None = None, script: Path = SCRIPT) -> subprocess.CompletedProcess:
+def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the script as the job does: `python consolidate.py ...`, outside the package, isolated (-I)."""
     base = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
-    return subprocess.run([sys.executable, "-I", str(script), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-I", str(SCRIPT), *args], capture_output=True, text=True,
                           env={**base, **OFFLINE, **(env or {})}, timeout=600)
 
 
@@ -204,11 +206,14 @@ def zero3_output(tmp_path_factory) -> Path:
     (base / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     extensions = os.environ.get("TORCH_EXTENSIONS_DIR", TORCH_EXTENSIONS_DIR)
     Path(extensions).mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **OFFLINE, "TORCH_EXTENSIONS_DIR": extensions, "HF_HOME": str(base / "hf_home")}
+    # The venv's bin first, as in a job that activates it: DeepSpeed's JIT build then uses the venv's ninja (1.13);
+    # Debian's /usr/bin/ninja (1.11) hashes build commands differently, so alternating rebuilds the op (~45 s).
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, **OFFLINE, "PATH": path, "TORCH_EXTENSIONS_DIR": extensions, "HF_HOME": str(base / "hf_home")}
     for _attempt in range(2):  # known flake: a rank may abort at exit after a complete save; retry once
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-             f"--master_port={_free_port()}", "sbatch_templates/lf_train.py", str(base / "train.yaml")],
+             f"--master_port={_free_port()}", "hpc/jobside/lf_train.py", str(base / "train.yaml")],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         if _training_complete(out, config["max_steps"]):
             return out
@@ -278,21 +283,50 @@ def test_rerun_needs_overwrite_which_keeps_other_files(consolidated, tmp_path, z
 
 
 @pytest.mark.ml
-def test_repo_input_is_read_from_the_hf_cache(zero3_output, tmp_path):
-    """org/name resolves through snapshot_download; offline, a cached snapshot is used and left in place."""
-    repo_dir = tmp_path / "hub" / "models--tiny-org--tiny-zero3"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(zero3_output / "checkpoint-6", repo_dir / "snapshots" / commit)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-    result = run_script("--input", "tiny-org/tiny-zero3", "--output", str(tmp_path / "out"),
-                        env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+def test_repo_input_is_downloaded_into_the_hf_cache(zero3_output, tmp_path, fake_hub):
+    """org/name[@rev] goes through snapshot_download (HF_ENDPOINT, HF_HUB_CACHE); the cache then works offline."""
+    files = {str(p.relative_to(zero3_output)): p.read_bytes()
+             for p in (zero3_output / "checkpoint-6").rglob("*") if p.is_file()}
+    sha = fake_hub.add_repo("org/zero3", files)
+    cache = tmp_path / "hub_cache"
+    online = {**fake_hub.env(), "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(cache)}
+    result = run_script("--input", "org/zero3", "--output", str(tmp_path / "out"), env=online)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads(result.stdout.splitlines()[-1])["checkpoint"] == str(repo_dir / "snapshots" / commit)
-    assert (repo_dir / "snapshots" / commit / "latest").is_file()
-    missing = run_script("--input", "tiny-org/other", "--output", str(tmp_path / "out2"),
-                         env={"HF_HUB_CACHE": str(tmp_path / "hub")})
-    assert missing.returncode == 1 and missing.stderr.startswith("consolidate: failed: LocalEntryNotFoundError")
+    snapshot = cache / "models--org--zero3" / "snapshots" / sha
+    assert json.loads(result.stdout.splitlines()[-1])["checkpoint"] == str(snapshot / "checkpoint-6")
+    offline = run_script("--input", f"org/zero3@{sha}", "--output", str(tmp_path / "out2"),
+                         env={"HF_HUB_CACHE": str(cache)})
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert (snapshot / "checkpoint-6" / "latest").is_file()  # the cache is kept
+    missing = run_script("--input", "org/missing", "--output", str(tmp_path / "out3"), env=online)
+    assert missing.returncode == 2
+    assert missing.stderr == "consolidate: error: Hugging Face repo (or no access with this HF_TOKEN) not found: " \
+                             "org/missing\n"
+
+
+@pytest.mark.ml
+def test_upload_adds_one_commit_and_deletes_nothing(consolidated, zero3_output, tmp_path, fake_hub):
+    fake_hub.add_repo("me/tiny-sft", {"README.md": b"my card"})
+    before = len(fake_hub.commits("me/tiny-sft"))
+    out = tmp_path / "out"
+    shutil.copytree(consolidated[0], out)
+    (out / "notes.txt").write_text("mine, not for the Hub")
+    env = {**fake_hub.env(), "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_fake"}
+    result = run_script("--input", str(zero3_output), "--output", str(out), "--overwrite",
+                        "--output_repo", "me/tiny-sft", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    uploaded = json.loads(result.stdout.splitlines()[-1])["uploaded"]
+    assert uploaded["repo"] == "me/tiny-sft" and uploaded["commit_url"].startswith(fake_hub.url)
+    commits = fake_hub.commits("me/tiny-sft")
+    assert len(commits) == before + 1 and commits[-1]["message"].startswith("Upload consolidated float32 weights")
+    assert sorted(fake_hub.repo_files("me/tiny-sft")) == sorted(["README.md", *consolidated[1]["weights"],
+                                                                  *consolidated[1]["files_copied"]])
+    assert fake_hub.repo_files("me/tiny-sft")["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert not fake_hub.is_private("me/tiny-sft")  # an existing repo keeps its visibility
+    new = run_script("--input", str(zero3_output), "--output", str(out), "--overwrite", "--output_repo", "me/new",
+                     "--commit_message", "first weights", env=env)
+    assert new.returncode == 0, new.stdout + new.stderr
+    assert fake_hub.is_private("me/new") and fake_hub.commits("me/new")[-1]["message"] == "first weights"
 
 
 @pytest.mark.ml

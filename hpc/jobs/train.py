@@ -19,7 +19,7 @@ from hpc.plan import JobSpec, LaunchPlan, Step, parse_dependency
 from hpc.timefmt import parse_time
 
 #: The per-process entry torchrun runs, copied into the experiment (see the file's docstring).
-ENTRY_SOURCE = ROOT / "sbatch_templates" / "lf_train.py"
+ENTRY_SOURCE = ROOT / "hpc" / "jobside" / "lf_train.py"
 ENTRY_REL = "sbatch/lf_train.py"
 CONFIG_REL = "configs/train.yaml"
 #: Requeues after a time limit or preemption, unless --max_restarts says otherwise.

@@ -185,10 +185,12 @@ def test_consolidate_uploads_to_a_private_repo_without_wiping_it(zero3_chain, la
     env = {"HPC_LAUNCH_PROFILES": str(tmp_path / "my_profiles"), "DC_AGENT_SECRET_ENV": str(secrets)}
     args = ["--job_type", "consolidate", "--cluster", "online", "--dotenv", str(dotenv), "--consolidate_input",
             str(train_output(chain_exp)), "--consolidate_output_dir", str(tmp_path / "merged"),
-            "--consolidate_output_repo", "org/tiny-merged", "--dtype", "bf16", "--wait"]
-    first = launch(*args, "--job_name", "up1", extra_env=env)
+            "--consolidate_output_repo", "org/tiny-merged", "--wait"]
+    first = launch(*args, "--job_name", "up1", "--dtype", "bf16", extra_env=env)
     assert first.returncode == 0, first.stdout + log_text(tmp_path / "exp" / "up1")
-    second = launch(*args, "--job_name", "up2", "--overwrite", extra_env=env)
+    after_first = fake_hub.repo_files("org/tiny-merged")
+    assert json.loads(after_first["config.json"])["dtype"] == "bfloat16"
+    second = launch(*args, "--job_name", "up2", "--overwrite", "--dtype", "fp32", extra_env=env)
     assert second.returncode == 0, second.stdout + log_text(tmp_path / "exp" / "up2")
     files = fake_hub.repo_files("org/tiny-merged")
     assert files["README.md"] == b"kept by the team\n"
@@ -196,7 +198,8 @@ def test_consolidate_uploads_to_a_private_repo_without_wiping_it(zero3_chain, la
     assert fake_hub.is_private("org/tiny-merged")
     commits = fake_hub.commits("org/tiny-merged")
     assert len(commits) == seeded + 2 and all(not c.get("deleted") for c in commits)  # one commit per upload
-    assert json.loads(files["config.json"])["dtype"] == "bfloat16"
+    assert json.loads(files["config.json"])["dtype"] == "float32"
+    assert len(files["model.safetensors"]) > len(after_first["model.safetensors"])  # fp32 replaced bf16
     everything = first.stdout + first.stderr + second.stdout + second.stderr
     for exp in (tmp_path / "exp").iterdir():
         everything += "".join(p.read_text(errors="replace") for p in exp.rglob("*") if p.is_file())
