@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from hpc import ROOT
 from hpc.context import LaunchOptions
 from hpc.errors import LaunchError
 from hpc.jobs import consolidate, train
@@ -12,8 +13,9 @@ from hpc.slurm import sbatch_argv
 
 
 def _opts(train_yaml, tmp_path, **kw) -> LaunchOptions:
+    """Train with ZeRO-3 (the shipped DeepSpeed config) so that --consolidate applies."""
     base = dict(cluster="local", train_config_path=str(train_yaml), experiments_dir=str(tmp_path / "exp"),
-                job_name="chain")
+                job_name="chain", train_overrides={"deepspeed": str(ROOT / "examples/train/ds_z3.json")})
     return LaunchOptions(**{**base, **kw})
 
 
@@ -126,7 +128,8 @@ def test_non_empty_output_needs_overwrite(train_yaml, tmp_path):
         ({"consolidate_output_repo": "org/x"}, "consolidate options were given without --consolidate"),
         ({"consolidate": True, "consolidate_output_repo": "bad repo"}, "is not a Hugging Face repo id"),
         ({"eval_tasks": "mmlu", "cluster": "jureca"}, "the jureca profile has no eval_command"),
-        ({"train_overrides": {"max_steps": 3}, "max_restarts": -1}, "--max_restarts must be 0 or more"),
+        ({"max_restarts": -1}, "--max_restarts must be 0 or more"),
+        ({"consolidate": True, "train_overrides": {}}, "the train config has no 'deepspeed' key"),
         ({"time_limit": "00:03:00"}, "leaves no time to train: local warns 120 s before the limit"),
         ({"eval_tasks": "d.json", "eval_num_nodes": 0}, "--num_nodes must be at least 1"),
     ],

@@ -66,6 +66,9 @@ def test_malformed_yaml(tmp_path, fake_slurm):
         (["--gpus_per_node", "8"], "--gpus_per_node 8 is not possible on local"),
         (["--time_limit", "2-00:00:00"], "exceeds the 12:00:00 limit of partition gpu on local"),
         (["--job_type", "rl"], "argument --job_type/--job-type: invalid choice"),
+        (["--eval_tasks", "mmlu", "--cluster", "jureca"], "the jureca profile has no eval_command"),
+        (["--consolidate"], "the train config has no 'deepspeed' key"),
+        (["--job_type", "consolidate", "--consolidate_input", "/no/such/ckpt"], "--consolidate_input: /no/such/ckpt does not exist"),
     ],
 )
 def test_bad_options(tmp_path, fake_slurm, train_yaml, args, expected):
@@ -113,7 +116,8 @@ socket.create_connection = refuse
 socket.getaddrinfo = refuse
 from hpc import launch
 code = launch.main(["--cluster", "local", "--train_config_path", {str(train_yaml)!r}, "--experiments_dir",
-                    {str(tmp_path / "exp")!r}, "--consolidate", "--eval_tasks", "d.json", "--dry_run"])
+                    {str(tmp_path / "exp")!r}, "--consolidate", "--deepspeed", "examples/train/ds_z3.json",
+                    "--eval_tasks", "d.json", "--dry_run"])
 heavy = {{"wandb", "supabase", "huggingface_hub", "sky", "torch", "transformers", "deepspeed"}} & set(sys.modules)
 print("exit", code, "heavy", sorted(heavy))
 """

@@ -146,6 +146,9 @@ def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir:
         config, opts.global_batch_size, header.nodes * nproc, "gradient_accumulation_steps" in opts.train_overrides
     )
     _check_local_files(config, ctx.workdir)
+    if opts.consolidate and not config.get("deepspeed"):
+        raise LaunchError("--consolidate merges DeepSpeed ZeRO checkpoints, but the train config has no 'deepspeed' "
+                          "key; train with ZeRO (e.g. --deepspeed examples/train/ds_z3.json) or drop --consolidate")
     script = render_job(
         "train.sbatch.j2", ctx, header, experiment_dir, "train",
         nproc_per_node=nproc,

@@ -92,7 +92,7 @@ def test_eval_writes_a_finite_perplexity_for_the_consolidated_model(zero3_chain)
 
 
 def test_failed_train_leaves_consolidate_and_eval_unrun(launch, tmp_path):
-    result = launch("--train_config_path", str(TINY_YAML), "--job_name", "broken", "--dataset", "no_such_dataset",
+    result = launch("--train_config_path", str(ZERO3_YAML), "--job_name", "broken", "--dataset", "no_such_dataset",
                     "--consolidate", "--eval_tasks", EVAL_DATA, "--wait")
     exp = tmp_path / "exp" / "broken"
     assert result.returncode == 1, result
@@ -108,7 +108,7 @@ def test_failed_train_leaves_consolidate_and_eval_unrun(launch, tmp_path):
 def test_a_refused_second_submission_cancels_the_first(launch, tmp_path, user_profiles):
     """Fault injection: SLURM refuses consolidate (too long for the partition): train must not stay queued."""
     user_profiles("lenient", max_time="2-00:00:00")
-    result = launch("--cluster", "lenient", "--train_config_path", str(TINY_YAML), "--job_name", "atomic",
+    result = launch("--cluster", "lenient", "--train_config_path", str(ZERO3_YAML), "--job_name", "atomic",
                     "--consolidate", "--eval_tasks", EVAL_DATA, "--consolidate_time_limit", "1-00:00:00",
                     extra_env={"HPC_LAUNCH_PROFILES": str(tmp_path / "my_profiles")})
     assert result.returncode == 1
@@ -130,7 +130,7 @@ def _long_run(launch, name: str, *extra: str):
 
 
 def test_requeue_resumes_from_the_newest_checkpoint(launch):
-    job_id, exp = _long_run(launch, "rq")
+    job_id, exp = _long_run(launch, "rq", "--eval_tasks", EVAL_DATA)
     out = train_output(exp)
     wait_for(lambda: (out / "checkpoint-25" / "trainer_state.json").exists(), 120, "the first checkpoint")
     # The time-limit warning, early: the trainer checkpoints at the next step and the job requeues itself.
@@ -152,10 +152,14 @@ def test_requeue_resumes_from_the_newest_checkpoint(launch):
     assert "restart 2 of at most 3 (time-limit requeues: 1, preemptions or other requeues: 1)" in logs
     assert logs.count("train: resuming from") == 2
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 400
+    jobs = jobs_by_key(exp)
+    times = sacct_times([job_id, jobs["eval"]["slurm_job_id"]])
+    assert jobs["eval"]["state"] == "COMPLETED" and logs.count("[hpc-launch] eval: starting") == 1
+    assert times[job_id][1] <= times[jobs["eval"]["slurm_job_id"]][0]  # eval ran once, after the final train
 
 
 def test_max_restarts_zero_is_honoured(launch):
-    job_id, exp = _long_run(launch, "norq", "--max_restarts", "0", "--consolidate")
+    job_id, exp = _long_run(launch, "norq", "--max_restarts", "0", "--eval_tasks", EVAL_DATA)
     out = train_output(exp)
     wait_for(lambda: (out / "checkpoint-25" / "trainer_state.json").exists(), 120, "the first checkpoint")
     refused = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
@@ -165,7 +169,7 @@ def test_max_restarts_zero_is_honoured(launch):
     jobs = jobs_by_key(exp)
     logs = log_text(exp)
     assert status.returncode == 1
-    assert jobs["train"]["state"] == "FAILED" and jobs["consolidate"]["state"] == "CANCELLED", logs
+    assert jobs["train"]["state"] == "FAILED" and jobs["eval"]["state"] == "CANCELLED", logs
     assert "--max_restarts 0 is used up; launch again to resume" in logs
     assert "train: resuming from" not in logs
 
