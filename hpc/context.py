@@ -27,6 +27,7 @@ class LaunchOptions:
     dependency: str | None = None
     secrets_env: str | None = None
     dotenv: str | None = None
+    prefetch: bool = False
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -157,8 +158,13 @@ def resolve_header(ctx: Context, job_name: str, experiment_dir: Path, *, partiti
 
 
 def render_job(template: str, ctx: Context, header: SbatchHeader, experiment_dir: Path, job_type: str,
-               **extra: object) -> str:
-    """Render one job's script on the shared skeleton with the launch's environment."""
-    env = {**ctx.env, "HPC_EXPERIMENT_DIR": str(experiment_dir)}
+               extra_env: Mapping[str, str] = {}, offline: bool | None = None, **extra: object) -> str:
+    """Render one job's script on the shared skeleton with the launch's environment.
+
+    offline defaults to the profile (compute nodes without internet); a job on a partition with
+    internet (the sync job) passes False.
+    """
+    env = {**ctx.env, "HPC_EXPERIMENT_DIR": str(experiment_dir), **extra_env}
     return render(template, job_type=job_type, header=header, profile=ctx.profile, env=env,
-                  secrets_path=ctx.secrets_path, experiment_dir=experiment_dir, **extra)
+                  secrets_path=ctx.secrets_path, experiment_dir=experiment_dir,
+                  offline=not ctx.profile.internet if offline is None else offline, **extra)

@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     _flag(g, "dependency", help="SLURM dependency for the first job, e.g. afterok:12345")
     _flag(g, "secrets_env", help="your private secrets file, sourced by jobs at run time (default: $DC_AGENT_SECRET_ENV)")
     _flag(g, "dotenv", help="dotenv starter pack to use instead of the profile's")
+    _flag(g, "prefetch", action="store_true", help="download Hub models and datasets on this node first "
+          "(always on clusters whose compute nodes have no internet)")
     r = p.add_argument_group("resources (default: the cluster profile)")
     _flag(r, "partition")
     _flag(r, "account")
@@ -103,6 +105,8 @@ def run(opts: LaunchOptions, wait: bool = False) -> int:
     plan = build_plan(opts)
     manifest = write_experiment(plan, dry_run=opts.dry_run)
     print(f"hpc-launch: cluster {plan.cluster}, experiment directory {plan.experiment_dir}")
+    for note in plan.notes:
+        print(f"hpc-launch: note: {note}")
     if opts.dry_run:
         _print_plan(plan)
         print(f"\nhpc-launch: dry run: nothing submitted; scripts and manifest are in {plan.experiment_dir}")

@@ -76,6 +76,9 @@ class Step:
     job: JobSpec
     files: dict[str, str] = field(default_factory=dict)
     model_dir: str | None = None
+    links: dict[str, str] = field(default_factory=dict)  # relative path -> symlink target
+    notes: tuple[str, ...] = ()  # what the user should know (printed at launch)
+    deferred: dict[str, list] = field(default_factory=dict)  # uploads that need the internet later
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class LaunchPlan:
     cluster: str
     jobs: tuple[JobSpec, ...]
     files: dict[str, str] = field(default_factory=dict)  # relative path -> text (resolved configs)
+    links: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def job(self, key: str) -> JobSpec:
         return next(j for j in self.jobs if j.key == key)
@@ -93,7 +98,10 @@ class LaunchPlan:
     @classmethod
     def from_steps(cls, experiment_dir: Path, cluster: str, steps: list[Step]) -> "LaunchPlan":
         files = {rel: text for step in steps for rel, text in step.files.items()}
-        return cls(experiment_dir=experiment_dir, cluster=cluster, jobs=tuple(s.job for s in steps), files=files)
+        links = {rel: target for step in steps for rel, target in step.links.items()}
+        notes = tuple(note for step in steps for note in step.notes)
+        return cls(experiment_dir=experiment_dir, cluster=cluster, jobs=tuple(s.job for s in steps), files=files,
+                   links=links, notes=notes)
 
 
 def utc_now() -> str:
@@ -158,6 +166,10 @@ def write_experiment(plan: LaunchPlan, dry_run: bool) -> dict:
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        for rel, link_target in plan.links.items():
+            path = staging / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(link_target)
         (staging / "logs").mkdir()
         manifest = manifest_record(plan, dry_run)
         write_json(staging / MANIFEST, manifest)

@@ -57,6 +57,7 @@ class ClusterProfile:
     max_nodes: int | None = None
     signal_seconds: int = 300
     eval_command: list[str] | None = None
+    internet_partition: str | None = None
     source: Path = field(default=Path(), compare=False)
 
     @property

@@ -92,7 +92,6 @@ def test_standalone_consolidate_of_a_local_checkpoint(tmp_path):
         ({}, "--job_type consolidate needs --consolidate_input"),
         ({"consolidate_input": "/nonexistent/ckpt"}, "--consolidate_input: "),
         ({"consolidate_input": "not a repo!"}, "is neither an existing path nor a Hugging Face repo id"),
-        ({"consolidate_input": "org/model", "cluster": "jureca"}, "have no internet, so they cannot download org/model"),
     ],
 )
 def test_bad_consolidate_input(tmp_path, kw, message):
@@ -146,6 +145,32 @@ def test_eval_without_a_model_to_evaluate(tmp_path):
         train.build_plan(_opts(path, tmp_path, eval_tasks="d.json"))
 
 
-def test_upload_from_offline_compute_nodes_is_refused(train_yaml, tmp_path):
-    with pytest.raises(LaunchError, match="have no internet, so the job cannot upload to org/x"):
-        train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, consolidate_output_repo="org/x"))
+def test_offline_upload_is_deferred_to_hpc_sync(train_yaml, tmp_path, capsys):
+    plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, consolidate_output_repo="org/x"))
+    deferred = json.loads(plan.files["configs/deferred.json"])
+    assert deferred == {"uploads": [{"folder": "/tmp/hpc-launch/checkpoints/chain-consolidated", "repo": "org/x",
+                                     "private": True, "ignore": [".consolidate-*"]}]}
+    assert "--output_repo" not in plan.job("consolidate").script  # the compute node never tries
+    assert [j.key for j in plan.jobs] == ["train", "consolidate"]
+    assert any(f"python -m hpc.sync {plan.experiment_dir}" in note for note in plan.notes)
+    assert "sbatch/sync.py" in plan.files
+
+
+def test_deferred_uploads_become_a_sync_job_on_an_internet_partition(train_yaml, tmp_path, user_profiles):
+    user_profiles("withnet", internet_partition="cpu")
+    plan = train.build_plan(_opts(train_yaml, tmp_path, cluster="withnet", consolidate=True,
+                                  consolidate_output_repo="org/x", eval_tasks="d.json"))
+    assert [j.key for j in plan.jobs] == ["train", "consolidate", "eval", "sync"]
+    sync = plan.job("sync")
+    assert [(d.kind, d.job) for d in sync.dependencies] == [("afterok", "eval")]
+    assert "#SBATCH --partition=cpu\n" in sync.script and "HF_HUB_OFFLINE" not in sync.script
+    assert f"sbatch/sync.py {plan.experiment_dir}" in sync.script
+    assert "HF_HUB_OFFLINE=1" in plan.job("train").script
+
+
+def test_offline_hub_input_is_prefetched_and_a_dry_run_fetches_nothing(tmp_path, capsys):
+    opts = LaunchOptions(job_type="consolidate", cluster="jureca", consolidate_input="org/model@v1", dry_run=True,
+                         experiments_dir=str(tmp_path / "exp"), consolidate_output_dir=str(tmp_path / "m"))
+    plan = consolidate.build_plan(opts)
+    assert "would fetch model org/model (--consolidate_input)" in capsys.readouterr().out
+    assert "--input '<model:org/model>'" in plan.jobs[0].script

@@ -18,6 +18,7 @@ from hpc.errors import LaunchError
 from hpc.jobs.chain import after, finish_chain
 from hpc.jobside.consolidate import find_zero_checkpoint, parse_input
 from hpc.plan import JobSpec, LaunchPlan, Step, parse_dependency
+from hpc.prefetch import Fetch, Fetcher, cache_dir
 
 JOBSIDE = ROOT / "hpc" / "jobside" / "consolidate.py"
 SCRIPT_REL = "sbatch/consolidate.py"
@@ -32,17 +33,21 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> 
         raise LaunchError("--job_type consolidate needs --consolidate_input (a ZeRO checkpoint dir or a Hub repo id)")
     ctx = resolve_context(opts, environ)
     try:
-        local, repo, _ = parse_input(source)
+        local, repo, revision = parse_input(source)
         if local is not None:
             find_zero_checkpoint(local)
             source = str(local.absolute())
     except ValueError as exc:
         raise LaunchError(f"--consolidate_input: {exc}") from None
-    if repo is not None and not ctx.profile.internet:
-        raise LaunchError(
-            f"compute nodes of {ctx.profile.name} have no internet, so they cannot download {source}; "
-            "download it on the login node (huggingface-cli download) and pass the local path"
-        )
+    if repo is not None and (opts.prefetch or not ctx.profile.internet):
+        fetcher = Fetcher(cache_dir(ctx.env), dry_run=opts.dry_run, endpoint=ctx.env.get("HF_ENDPOINT"))
+        snapshot = fetcher(Fetch("model", repo, revision, "--consolidate_input"))
+        if not opts.dry_run:
+            try:
+                find_zero_checkpoint(snapshot)
+            except ValueError as exc:
+                raise LaunchError(f"--consolidate_input {source}: {exc}") from None
+        source = str(snapshot)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", source.rstrip("/").split("/")[-1]).strip("-.")[:60] or "model"
     job_name = opts.job_name or f"{stem}_consolidate_{datetime.now():%Y%m%d-%H%M%S}"
     experiment_dir = ctx.experiments_dir / job_name
@@ -75,16 +80,16 @@ def _step(opts: LaunchOptions, ctx: Context, name: str, experiment_dir: Path, so
     out = Path(output).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not opts.overwrite:
         raise LaunchError(f"consolidate output {out} is not empty; choose another --consolidate_output_dir or pass --overwrite")
+    deferred: dict[str, list] = {}
     command = ["python", str(experiment_dir / SCRIPT_REL), "--input", source, "--output", str(out.absolute()),
                "--dtype", opts.dtype, *(["--overwrite"] if opts.overwrite else [])]
     if opts.consolidate_output_repo:
         _check_repo_id(opts.consolidate_output_repo, "--consolidate_output_repo")
-        if not ctx.profile.internet:
-            raise LaunchError(
-                f"compute nodes of {ctx.profile.name} have no internet, so the job cannot upload to "
-                f"{opts.consolidate_output_repo}; upload the consolidated folder from the login node"
-            )
-        command += ["--output_repo", opts.consolidate_output_repo, *(["--public"] if opts.public else [])]
+        if ctx.profile.internet:
+            command += ["--output_repo", opts.consolidate_output_repo, *(["--public"] if opts.public else [])]
+        else:
+            deferred["uploads"] = [{"folder": str(out.absolute()), "repo": opts.consolidate_output_repo,
+                                    "private": not opts.public, "ignore": [".consolidate-*"]}]
     header = resolve_header(ctx, name, experiment_dir, partition=opts.consolidate_partition or opts.partition,
                             account=opts.account, qos=opts.qos, time_limit=opts.consolidate_time_limit,
                             gpus_per_node=0)
@@ -92,4 +97,4 @@ def _step(opts: LaunchOptions, ctx: Context, name: str, experiment_dir: Path, so
                         make_dirs=[])
     job = JobSpec(key="consolidate", job_type="consolidate", name=name, script=script,
                   script_path="sbatch/consolidate.sbatch", dependencies=deps)
-    return Step(job=job, files={SCRIPT_REL: JOBSIDE.read_text()}, model_dir=str(out.absolute()))
+    return Step(job=job, files={SCRIPT_REL: JOBSIDE.read_text()}, model_dir=str(out.absolute()), deferred=deferred)

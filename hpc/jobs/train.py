@@ -16,6 +16,7 @@ from hpc.context import Context, LaunchOptions, render_job, resolve_context, res
 from hpc.errors import LaunchError
 from hpc.jobs.chain import finish_chain
 from hpc.plan import JobSpec, LaunchPlan, Step, parse_dependency
+from hpc.prefetch import Fetcher, cache_dir, localize
 from hpc.timefmt import parse_time
 
 #: The per-process entry torchrun runs, copied into the experiment (see the file's docstring).
@@ -146,6 +147,21 @@ def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir:
         config, opts.global_batch_size, header.nodes * nproc, "gradient_accumulation_steps" in opts.train_overrides
     )
     _check_local_files(config, ctx.workdir)
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", job_name)[:64]
+    wandb_env = {"WANDB_RUN_ID": run_id, "WANDB_RESUME": "allow", "WANDB_NAME": job_name,
+                 "WANDB_PROJECT": ctx.env.get("WANDB_PROJECT", "hpc-launch")}
+    offline = not p.internet
+    deferred: dict[str, list] = {}
+    if offline and config.get("push_to_hub") and config.get("hub_model_id"):
+        deferred["uploads"] = [{"folder": str(config["output_dir"]), "repo": str(config["hub_model_id"]),
+                                "private": True, "ignore": ["checkpoint-*"]}]
+    if offline and "wandb" in str(config.get("report_to", "")):
+        deferred["wandb_runs"] = [{"dir": ctx.env.get("WANDB_DIR", str(ctx.workdir)), "run_id": run_id}]
+    localized = None
+    if offline or opts.prefetch:
+        fetcher = Fetcher(cache_dir(ctx.env), dry_run=opts.dry_run, endpoint=ctx.env.get("HF_ENDPOINT"))
+        localized = localize(config, ctx.workdir, experiment_dir, fetcher, offline=offline)
+        config = localized.config
     if opts.consolidate and not config.get("deepspeed"):
         raise LaunchError("--consolidate merges DeepSpeed ZeRO checkpoints, but the train config has no 'deepspeed' "
                           "key; train with ZeRO (e.g. --deepspeed examples/train/ds_z3.json) or drop --consolidate")
@@ -157,6 +173,7 @@ def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir:
         output_dir=config["output_dir"],
         max_restarts=max_restarts,
         signal_seconds=p.signal_seconds,
+        extra_env=wandb_env,
     )
     deps = tuple(parse_dependency(opts.dependency)) if opts.dependency else ()
     job = JobSpec(key="train", job_type="train", name=job_name, script=script,
@@ -179,4 +196,8 @@ def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir:
         ),
     }
     produces_model = bool(config.get("do_train", True))
-    return Step(job=job, files=files, model_dir=str(config["output_dir"]) if produces_model else None)
+    if localized:
+        files.update(localized.files)
+    return Step(job=job, files=files, model_dir=str(config["output_dir"]) if produces_model else None,
+                links=localized.links if localized else {}, notes=tuple(localized.notes) if localized else (),
+                deferred=deferred)

@@ -1,0 +1,81 @@
+"""Deferred uploads for runs whose compute nodes had no internet; run where the internet is.
+
+    python -m hpc.sync EXPERIMENT_DIR      (on the login node), or the launch's follow-up sync job
+
+Reads EXPERIMENT_DIR/configs/deferred.json, written by the launcher:
+    {"uploads": [{"folder": DIR, "repo": "org/name", "private": true, "ignore": ["checkpoint-*"]}],
+     "wandb_runs": [{"dir": WANDB_DIR, "run_id": ID}]}
+Finished items are recorded in EXPERIMENT_DIR/state/sync.json, so a second run retries only what
+failed. Self-contained (stdlib; huggingface_hub and the wandb CLI only when there is work for them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def log(message: str) -> None:
+    print(f"[sync] {message}", flush=True)
+
+
+def upload(item: dict) -> str:
+    from huggingface_hub import HfApi
+
+    folder = Path(item["folder"])
+    if not folder.is_dir():
+        raise RuntimeError(f"{folder} does not exist (did training finish?)")
+    api = HfApi()
+    api.create_repo(item["repo"], private=item.get("private", True), exist_ok=True)
+    info = api.upload_folder(folder_path=folder, repo_id=item["repo"], ignore_patterns=item.get("ignore", []),
+                             commit_message=item.get("message", "Upload from hpc-launch (deferred)"))
+    return str(getattr(info, "commit_url", info))
+
+
+def wandb_sync(item: dict) -> str:
+    runs = sorted(Path(item["dir"]).glob(f"wandb/offline-run-*-{item['run_id']}"))
+    if not runs:
+        raise RuntimeError(f"no offline W&B run {item['run_id']} under {item['dir']}/wandb")
+    wandb = shutil.which("wandb")
+    if wandb is None:
+        raise RuntimeError("the wandb command is not installed here")
+    proc = subprocess.run([wandb, "sync", *map(str, runs)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wandb sync failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    return f"{len(runs)} run dir(s) synced"
+
+
+def run(experiment_dir: Path) -> int:
+    plan_path = experiment_dir / "configs" / "deferred.json"
+    if not plan_path.is_file():
+        log(f"nothing deferred for {experiment_dir}")
+        return 0
+    plan = json.loads(plan_path.read_text())
+    state_path = experiment_dir / "state" / "sync.json"
+    done = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    failures = 0
+    work = [(f"upload {u['repo']}", upload, u) for u in plan.get("uploads", [])]
+    work += [(f"wandb {w['run_id']}", wandb_sync, w) for w in plan.get("wandb_runs", [])]
+    for key, action, item in work:
+        if key in done:
+            log(f"{key}: already done ({done[key]})")
+            continue
+        try:
+            done[key] = action(item)
+            log(f"{key}: done ({done[key]})")
+        except Exception as exc:  # report every failure, keep going, retry on the next run
+            failures += 1
+            log(f"{key}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps(done, indent=2) + "\n")
+    log(f"{len(work) - failures} of {len(work)} deferred item(s) done" + ("; run again to retry" if failures else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: sync.py EXPERIMENT_DIR")
+    sys.exit(run(Path(sys.argv[1])))
