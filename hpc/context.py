@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ class LaunchOptions:
     secrets_env: str | None = None
     dotenv: str | None = None
     prefetch: bool = False
+    tunnel: bool = False
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -55,6 +58,18 @@ class LaunchOptions:
     eval_num_nodes: int | None = None
 
 
+#: Networks that never go through the tunnel (cluster-internal traffic), unless the profile says otherwise.
+PRIVATE_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """An SSH SOCKS tunnel from the job's first node to a host with internet, used through proxychains4."""
+
+    host: str
+    direct: list[tuple[str, str]]  # (network, netmask) pairs proxychains reaches directly
+
+
 @dataclass(frozen=True)
 class Context:
     profile: ClusterProfile
@@ -62,6 +77,7 @@ class Context:
     secrets_path: Path | None
     experiments_dir: Path
     workdir: Path
+    tunnel: Tunnel | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,16 @@ def resolve_context(opts: LaunchOptions, environ: Mapping[str, str] = os.environ
         secrets_path=secrets_path,
         experiments_dir=Path(experiments).expanduser().absolute(),
         workdir=Path.cwd(),
+        tunnel=_tunnel(profile) if opts.tunnel else None,
     )
+
+
+def _tunnel(profile: ClusterProfile) -> Tunnel:
+    if not profile.tunnel_host:
+        raise LaunchError(f"--tunnel: the {profile.name} profile has no tunnel_host; add the ssh destination to it")
+    host = profile.tunnel_host.replace("{login}", socket.gethostname().split(".")[0])
+    nets = [ipaddress.ip_network(n) for n in (PRIVATE_NETWORKS if profile.tunnel_direct is None else profile.tunnel_direct)]
+    return Tunnel(host=host, direct=[(str(n.network_address), str(n.netmask)) for n in nets])
 
 
 def _scaled_memory(mem: str | None, share: float) -> str | None:
@@ -161,10 +186,12 @@ def render_job(template: str, ctx: Context, header: SbatchHeader, experiment_dir
                extra_env: Mapping[str, str] = {}, offline: bool | None = None, **extra: object) -> str:
     """Render one job's script on the shared skeleton with the launch's environment.
 
-    offline defaults to the profile (compute nodes without internet); a job on a partition with
-    internet (the sync job) passes False.
+    offline defaults to the profile (compute nodes without internet) unless --tunnel; a job on a
+    partition with internet (the sync job) passes False.
     """
     env = {**ctx.env, "HPC_EXPERIMENT_DIR": str(experiment_dir), **extra_env}
+    if offline is None:
+        offline = not ctx.profile.internet and ctx.tunnel is None  # a tunnel brings the internet to the job
     return render(template, job_type=job_type, header=header, profile=ctx.profile, env=env,
-                  secrets_path=ctx.secrets_path, experiment_dir=experiment_dir,
-                  offline=not ctx.profile.internet if offline is None else offline, **extra)
+                  secrets_path=ctx.secrets_path, experiment_dir=experiment_dir, offline=offline,
+                  tunnel=ctx.tunnel, **extra)

@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     _flag(g, "dotenv", help="dotenv starter pack to use instead of the profile's")
     _flag(g, "prefetch", action="store_true", help="download Hub models and datasets on this node first "
           "(always on clusters whose compute nodes have no internet)")
+    _flag(g, "tunnel", action="store_true", help="SSH SOCKS tunnel from the job to the profile's tunnel_host; the "
+          "job's command runs under proxychains4 (needs SSH_KEY, a key path, in your secrets file or dotenv)")
     r = p.add_argument_group("resources (default: the cluster profile)")
     _flag(r, "partition")
     _flag(r, "account")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -58,6 +59,8 @@ class ClusterProfile:
     signal_seconds: int = 300
     eval_command: list[str] | None = None
     internet_partition: str | None = None
+    tunnel_host: str | None = None
+    tunnel_direct: list[str] | None = None
     source: Path = field(default=Path(), compare=False)
 
     @property
@@ -130,6 +133,14 @@ def _check_values(p: ClusterProfile, where: str) -> None:
             raise LaunchError(f"{where}: key {key!r} has characters sbatch cannot take: {value!r}")
     if not re.fullmatch(r"[A-Za-z0-9.-]*", p.master_addr_suffix):
         raise LaunchError(f"{where}: key 'master_addr_suffix' may hold only letters, digits, '.' and '-'")
+    if p.tunnel_host and not re.fullmatch(r"(ssh://)?([\w.-]+@)?[\w.{}-]+(:\d+)?", p.tunnel_host):
+        raise LaunchError(f"{where}: key 'tunnel_host' must be an ssh destination such as user@host, host:port "
+                          "or {login}i ({login} is the login node the launch runs on)")
+    for net in p.tunnel_direct or []:
+        try:
+            ipaddress.ip_network(net)
+        except ValueError:
+            raise LaunchError(f"{where}: tunnel_direct entry {net!r} is not a network such as 10.0.0.0/8") from None
     if p.signal_seconds < 120:
         raise LaunchError(f"{where}: signal_seconds must be at least 120 (SLURM may signal up to 60 s early)")
     for arg in p.eval_command or []:

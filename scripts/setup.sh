@@ -19,7 +19,8 @@ for arg in "$@"; do
 done
 log() { printf '[setup %4ss] %s\n' "$SECONDS" "$*"; }
 
-packages=(python3 python3-venv python3-pip g++ git procps)
+# g++: DeepSpeed's JIT op; openssh-server, proxychains4: the --tunnel test; postgresql: the registry test.
+packages=(python3 python3-venv python3-pip g++ git procps openssh-client openssh-server proxychains4 postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
@@ -27,6 +28,12 @@ done
 if (( ${#missing[@]} )); then
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The tests start their own sshd and PostgreSQL on loopback: keep the packages from starting system ones.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get -q update >/dev/null
   apt-get -y -q install --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -36,8 +43,8 @@ if [[ ! -x $HPC_VENV/bin/python ]]; then
   mkdir -p "$(dirname "$HPC_VENV")"
   python3 -m venv "$HPC_VENV"
 fi
-log "installing hpc-launch (editable) and pytest into $HPC_VENV"
-"$HPC_VENV/bin/pip" install -q -e ".[test]"
+log "installing hpc-launch (editable) with its test and registry extras into $HPC_VENV"
+"$HPC_VENV/bin/pip" install -q -e ".[test,registry]"
 
 if (( WITH_ML )); then
   log "ML stack"

@@ -140,3 +140,17 @@ def test_detection_failure_says_what_to_do(monkeypatch):
 def test_detection_uses_slurm_cluster_name(monkeypatch):
     monkeypatch.setattr(profiles, "slurm_cluster_name", lambda: "local")
     assert profiles.detect_profile().name == "local"
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"tunnel_host": "login; rm -rf /"}, "key 'tunnel_host' must be an ssh destination"),
+        ({"tunnel_direct": ["10.0.0.0/33"]}, "tunnel_direct entry '10.0.0.0/33' is not a network"),
+        ({"signal_seconds": 30}, "signal_seconds must be at least 120"),
+        ({"eval_command": ["run", "{modle}"]}, "eval_command argument '{modle}' has a bad placeholder"),
+    ],
+)
+def test_bad_optional_values_are_refused(tmp_path, changes, expected):
+    with pytest.raises(LaunchError, match=expected):
+        load_profile(_write(tmp_path, local_profile_data(**{"name": "mycluster", **changes})))

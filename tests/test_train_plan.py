@@ -158,3 +158,18 @@ def test_modules_and_extra_sbatch_lines_come_from_the_profile(train_yaml, tmp_pa
     assert "#SBATCH --constraint=gpu\n" in script and "#SBATCH --qos=normal\n" in script
     assert "#SBATCH --gpus-per-node=4\n" in script and "--gres" not in script
     assert 'export MASTER_ADDR="${head_node}i"' in script and "NodeAddr" not in script
+
+
+def test_tunnel_needs_a_profile_that_allows_it(train_yaml, tmp_path):
+    with pytest.raises(LaunchError, match="--tunnel: the local profile has no tunnel_host"):
+        build_plan(_opts(train_yaml, tmp_path, tunnel=True))
+
+
+def test_tunnel_renders_for_the_login_node_and_keeps_cluster_networks_direct(train_yaml, tmp_path, user_profiles,
+                                                                             monkeypatch):
+    monkeypatch.setattr("socket.gethostname", lambda: "jrlogin07.jureca")
+    user_profiles("tun", tunnel_host="{login}i", tunnel_direct=["10.0.0.0/8"])
+    script = build_plan(_opts(train_yaml, tmp_path, cluster="tun", tunnel=True)).jobs[0].script
+    assert "  jrlogin07i &\n" in script and 'echo "localnet 10.0.0.0/255.0.0.0"' in script
+    assert "127.0.0.0" not in script and "HF_HUB_OFFLINE" not in script  # the tunnel brings the internet
+    assert "proxychains4 -q torchrun" in script and '-i "$SSH_KEY"' in script
