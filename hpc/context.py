@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc.datagen_config import DatagenOptions
 from hpc.envfiles import SECRETS_ENV, check_secrets_file, read_dotenv, resolve_dotenv_path
 from hpc.errors import LaunchError
 from hpc.plan import check_job_name
@@ -56,6 +57,8 @@ class LaunchOptions:
     eval_tasks: str | None = None
     eval_time_limit: str | None = None
     eval_num_nodes: int | None = None
+    # datagen
+    datagen: DatagenOptions = field(default_factory=DatagenOptions)
 
 
 #: Networks that never go through the tunnel (cluster-internal traffic), unless the profile says otherwise.
@@ -142,11 +145,12 @@ def _scaled_memory(mem: str | None, share: float) -> str | None:
 
 def resolve_header(ctx: Context, job_name: str, experiment_dir: Path, *, partition: str | None = None,
                    account: str | None = None, qos: str | None = None, time_limit: str | None = None,
-                   nodes: int = 1, gpus_per_node: int | None = None, requeue: bool = False,
-                   signal: str | None = None) -> SbatchHeader:
+                   nodes: int = 1, gpus_per_node: int | None = None, cpus: int | None = None,
+                   requeue: bool = False, signal: str | None = None) -> SbatchHeader:
     """Resources for one job: a given value > the profile > built-in defaults, checked against the profile.
 
-    gpus_per_node None means all of a node's GPUs; 0 means a CPU job that takes the whole node.
+    gpus_per_node None means all of a node's GPUs; 0 means a CPU job that takes the whole node, or
+    `cpus` CPUs of it (with the same share of its memory).
     """
     p = ctx.profile
     if nodes < 1:
@@ -164,6 +168,8 @@ def resolve_header(ctx: Context, job_name: str, experiment_dir: Path, *, partiti
             f"on {p.name}; ask for less time (jobs can requeue and resume)"
         )
     share = gpus / p.gpus_per_node if p.gpus_per_node and gpus else 1.0
+    if not gpus and cpus is not None:
+        share = min(1.0, cpus / p.cpus_per_node)
     return SbatchHeader(
         job_name=check_job_name(job_name),
         partition=partition,

@@ -11,11 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from hpc.context import LaunchOptions
+from hpc.datagen_config import options_from
 from hpc.errors import run_reporting
 from hpc.plan import LaunchPlan, write_experiment
 from hpc.slurm import sbatch_argv
 
-JOB_TYPES = ("train", "consolidate")
+JOB_TYPES = ("train", "datagen", "consolidate")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +72,27 @@ def parser() -> argparse.ArgumentParser:
     _flag(c, "dtype", choices=("fp32", "bf16"), default="fp32", help="weights dtype (default: fp32)")
     _flag(c, "public", action="store_true", help="create the upload repo public")
     _flag(c, "overwrite", action="store_true", help="write into a non-empty output dir (only its own files)")
+    d = p.add_argument_group("datagen: task generation, then traces in chunks as one throttled job array")
+    _flag(d, "datagen_config", help="YAML with engine (openai, anthropic, vllm_local, none), model, server, chunking")
+    _flag(d, "datagen_script", help="your generator, called with --stage tasks (see README: generator interface)")
+    _flag(d, "datagen_target_repo", help="dataset repo for the generated tasks")
+    _flag(d, "datagen_extra_args", help="extra arguments for the generator, one shell-quoted string")
+    _flag(d, "datagen_output_dir", help="where tasks are written (default: <experiment>/outputs/tasks)")
+    _flag(d, "enable_task_gen", action=argparse.BooleanOptionalAction, default=None, help="generate tasks (default: yes)")
+    _flag(d, "enable_trace_gen", action=argparse.BooleanOptionalAction, default=None, help="generate traces (default: no)")
+    _flag(d, "trace_script", help="generator for --stage traces (default: --datagen_script)")
+    _flag(d, "trace_target_repo", help="dataset repo for traces; chunk i goes to <repo>-chunk00i")
+    _flag(d, "trace_input_path", help="existing tasks (instead of generating them)")
+    _flag(d, "trace_output_dir", help="where traces are written (default: <experiment>/outputs/traces)")
+    for name in ("trace_harbor_config", "trace_model", "trace_agent_name", "trace_env"):
+        _flag(d, name)
+    _flag(d, "trace_agent_kwargs", help="JSON object passed to the agent")
+    _flag(d, "trace_n_concurrent", type=int)
+    _flag(d, "chunk_size", type=int, help="tasks per chunk when the tasks exist at launch")
+    _flag(d, "chunk_parallelism", type=int, help="chunks running at once (the array's %%N)")
+    _flag(d, "num_chunks", type=int, help="array size when tasks are generated in the same launch")
+    _flag(d, "server_wait_timeout", type=int, help="seconds jobs wait for the inference server (default 1800)")
+    _flag(d, "only_failed_chunks", metavar="EXPERIMENT_DIR", help="resubmit only the unfinished chunks of that launch")
     e = p.add_argument_group("eval: the profile's eval_command on the model, after the last step (afterok)")
     _flag(e, "eval_tasks", help="tasks for the cluster's eval harness (local: a held-out data JSON)")
     _flag(e, "eval_time_limit")
@@ -84,12 +106,16 @@ def options_from_args(args: argparse.Namespace) -> LaunchOptions:
     values = vars(args)
     common = {k: values[k] for k in LaunchOptions.__dataclass_fields__ if k in values}
     overrides = {k: values[k] for k in TRAIN_FLAGS if values.get(k) is not None}
-    return LaunchOptions(**common, train_overrides=overrides)
+    return LaunchOptions(**common, train_overrides=overrides, datagen=options_from(values))
 
 
 def build_plan(opts: LaunchOptions) -> LaunchPlan:
-    from hpc.jobs import consolidate, train
+    from hpc.jobs import consolidate, datagen, train
 
+    if opts.job_type == "datagen":
+        from hpc.slurm import max_array_size
+
+        return datagen.build_plan(opts, max_array_size=max_array_size(dry_run=opts.dry_run))
     builders = {"train": train.build_plan, "consolidate": consolidate.build_plan}
     return builders[opts.job_type](opts)
 
@@ -97,7 +123,7 @@ def build_plan(opts: LaunchOptions) -> LaunchPlan:
 def _print_plan(plan: LaunchPlan) -> None:
     placeholders = {job.key: f"<{job.key}>" for job in plan.jobs}
     for job in plan.jobs:
-        argv = sbatch_argv(plan.experiment_dir / job.script_path, job.dependencies, placeholders)
+        argv = sbatch_argv(plan.experiment_dir / job.script_path, job.dependencies, placeholders, job.array)
         print(f"\n--- {job.key}: {' '.join(argv)}\n{job.script}", end="")
 
 

@@ -67,6 +67,7 @@ class JobSpec:
     script: str  # rendered text
     script_path: str  # relative to the experiment directory
     dependencies: tuple[Dependency, ...] = ()
+    array: str | None = None  # SLURM --array spec, e.g. "0-4%2"
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ def manifest_record(plan: LaunchPlan, dry_run: bool) -> dict:
                 "job_type": job.job_type,
                 "script": str(plan.experiment_dir / job.script_path),
                 "dependencies": [{k: v for k, v in asdict(d).items() if v is not None} for d in job.dependencies],
+                "array": job.array,
                 "slurm_job_id": None,
                 "submitted_at": None,
                 "sbatch_argv": None,

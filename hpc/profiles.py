@@ -59,6 +59,7 @@ class ClusterProfile:
     signal_seconds: int = 300
     eval_command: list[str] | None = None
     internet_partition: str | None = None
+    inference_server_command: list[str] | None = None
     tunnel_host: str | None = None
     tunnel_direct: list[str] | None = None
     source: Path = field(default=Path(), compare=False)

@@ -7,6 +7,7 @@ take the whole launch at once: one sbatch per job, one sacct (plus at most one s
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +21,8 @@ TERMINAL = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
     "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
 }  # fmt: skip
-_SACCT_FIELDS = "JobIDRaw,JobName,State,ExitCode,Elapsed"
+_SACCT_FIELDS = "JobID,JobName,State,ExitCode,Elapsed"
+DEFAULT_MAX_ARRAY_SIZE = 1001
 
 
 def submit_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -41,9 +43,11 @@ def dependency_option(deps: Iterable[Dependency], job_ids: Mapping[str, str]) ->
     return "--dependency=" + ",".join(":".join([kind, *ids]) for kind, ids in by_kind.items())
 
 
-def sbatch_argv(script: Path, deps: Iterable[Dependency] = (), job_ids: Mapping[str, str] = {}) -> list[str]:
+def sbatch_argv(script: Path, deps: Iterable[Dependency] = (), job_ids: Mapping[str, str] = {},
+                array: str | None = None) -> list[str]:
     option = dependency_option(deps, job_ids)
-    return ["sbatch", "--parsable", *([option] if option else []), str(script)]
+    return ["sbatch", "--parsable", *([f"--array={array}"] if array else []), *([option] if option else []),
+            str(script)]
 
 
 def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -69,7 +73,7 @@ def submit(plan: LaunchPlan, manifest: dict) -> dict:
     job_ids: dict[str, str] = {}
     records = {r["key"]: r for r in manifest["jobs"]}
     for job in plan.jobs:
-        argv = sbatch_argv(plan.experiment_dir / job.script_path, job.dependencies, job_ids)
+        argv = sbatch_argv(plan.experiment_dir / job.script_path, job.dependencies, job_ids, job.array)
         proc = _run(argv)
         record = records[job.key]
         record["sbatch_argv"] = argv
@@ -130,17 +134,41 @@ def parse_squeue(text: str) -> dict[str, JobState]:
     return states
 
 
+def combine(job_id: str, rows: Mapping[str, JobState]) -> JobState | None:
+    """One state for a job or a whole array (rows 123_0, 123_[2-4%2], ...): done when every task is."""
+    mine = [state for key, state in rows.items() if key == job_id or key.startswith(f"{job_id}_")]
+    if not mine:
+        return None
+    if len(mine) == 1 and mine[0].job_id == job_id:
+        return mine[0]
+    name = mine[0].name
+    if not all(s.done for s in mine):
+        return JobState(job_id, name, "RUNNING" if any(s.state == "RUNNING" for s in mine) else "PENDING")
+    bad = [s for s in mine if s.state != "COMPLETED"]
+    summary = f"{len(mine) - len(bad)}/{len(mine)} tasks COMPLETED"
+    return JobState(job_id, name, bad[0].state if bad else "COMPLETED", bad[0].exit_code if bad else "0:0", summary)
+
+
 def query(job_ids: list[str]) -> dict[str, JobState]:
-    """States of many jobs: one sacct call, and one squeue only for jobs accounting has not seen yet."""
+    """States of many jobs and arrays: one sacct call, and one squeue only for jobs accounting has not seen yet."""
     proc = _run(sacct_argv(job_ids))
     if proc.returncode != 0:
         raise SlurmError(f"sacct failed: {_slurm_message(proc)}")
-    states = parse_sacct(proc.stdout)
-    missing = [j for j in job_ids if j not in states]
+    rows = parse_sacct(proc.stdout)
+    missing = [j for j in job_ids if combine(j, rows) is None]
     if missing:
         proc = _run(["squeue", "-h", "-t", "all", "-o", "%i|%j|%T", "-j", ",".join(missing)])
-        states.update(parse_squeue(proc.stdout) if proc.returncode == 0 else {})
-    return states
+        rows.update(parse_squeue(proc.stdout) if proc.returncode == 0 else {})
+    return {j: state for j in job_ids if (state := combine(j, rows)) is not None}
+
+
+def max_array_size(dry_run: bool = False) -> int:
+    """MaxArraySize from `scontrol show config` (SLURM's default in a dry run, which asks SLURM nothing)."""
+    if dry_run:
+        return DEFAULT_MAX_ARRAY_SIZE
+    proc = _run(["scontrol", "show", "config"])
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
+    return int(match.group(1)) if proc.returncode == 0 and match else DEFAULT_MAX_ARRAY_SIZE
 
 
 def wait(job_ids: list[str], timeout: float | None = None, first_poll: float = 2.0, max_poll: float = 60.0,

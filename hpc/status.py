@@ -35,8 +35,17 @@ def _record(experiment_dir: Path, manifest: dict, states: dict[str, JobState]) -
 
 
 def log_path(experiment_dir: Path, record: dict) -> Path:
-    """Where SLURM writes a job's output (the #SBATCH --output pattern %x_%j.out)."""
+    """Where SLURM writes a job's output (%x_%j.out; for arrays %x_%A_%a.out: the newest task's log)."""
+    if record.get("array"):
+        logs = sorted((experiment_dir / "logs").glob(f"{record['name']}_{record['slurm_job_id']}_*.out"),
+                      key=lambda p: p.stat().st_mtime)
+        return logs[-1] if logs else experiment_dir / "logs" / "missing"
     return experiment_dir / "logs" / f"{record['name']}_{record['slurm_job_id']}.out"
+
+
+def ended_well(record: dict) -> bool:
+    """COMPLETED, or an inference server that the launch's cleanup job cancelled when the work was done."""
+    return record["state"] == "COMPLETED" or (record["job_type"] == "server" and record["state"] == "CANCELLED")
 
 
 def _print_log_tails(experiment_dir: Path, manifest: dict) -> None:
@@ -45,7 +54,7 @@ def _print_log_tails(experiment_dir: Path, manifest: dict) -> None:
         path = log_path(experiment_dir, record)
         if not record.get("slurm_job_id") or not path.exists():
             continue
-        lines = path.read_text(errors="replace").splitlines()[-(8 if record["state"] == "COMPLETED" else 30):]
+        lines = path.read_text(errors="replace").splitlines()[-(8 if ended_well(record) else 30):]
         print(f"--- {record['key']}: last lines of {path}")
         print("\n".join(lines))
 
@@ -66,7 +75,7 @@ def wait_and_report(experiment_dir: Path, first_poll: float = 2.0) -> int:
     states = wait(list(ids.values()), first_poll=first_poll, on_change=show_changes)
     _record(experiment_dir, manifest, states)
     _print_log_tails(experiment_dir, manifest)
-    return 0 if all(states[i].state == "COMPLETED" for i in ids.values()) else 1
+    return 0 if all(ended_well(r) for r in manifest["jobs"] if r.get("slurm_job_id")) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
     python -m hpc.sync EXPERIMENT_DIR      (on the login node), or the launch's follow-up sync job
 
 Reads EXPERIMENT_DIR/configs/deferred.json, written by the launcher:
-    {"uploads": [{"folder": DIR, "repo": "org/name", "private": true, "ignore": ["checkpoint-*"]}],
+    {"uploads": [{"folder": DIR, "repo": "org/name", "repo_type": "model", "private": true,
+                  "ignore": ["checkpoint-*"]}],
      "wandb_runs": [{"dir": WANDB_DIR, "run_id": ID}]}
 Finished items are recorded in EXPERIMENT_DIR/state/sync.json, so a second run retries only what
 failed. Self-contained (stdlib; huggingface_hub and the wandb CLI only when there is work for them).
@@ -28,9 +29,10 @@ def upload(item: dict) -> str:
     folder = Path(item["folder"])
     if not folder.is_dir():
         raise RuntimeError(f"{folder} does not exist (did training finish?)")
-    api = HfApi()
-    api.create_repo(item["repo"], private=item.get("private", True), exist_ok=True)
-    info = api.upload_folder(folder_path=folder, repo_id=item["repo"], ignore_patterns=item.get("ignore", []),
+    api, kind = HfApi(), item.get("repo_type", "model")
+    api.create_repo(item["repo"], repo_type=kind, private=item.get("private", True), exist_ok=True)
+    info = api.upload_folder(folder_path=folder, repo_id=item["repo"], repo_type=kind,
+                             ignore_patterns=item.get("ignore", []),
                              commit_message=item.get("message", "Upload from hpc-launch (deferred)"))
     return str(getattr(info, "commit_url", info))
 

@@ -1,0 +1,105 @@
+"""Job-side helpers of data generation (copied into each experiment; stdlib only).
+
+    datagen.py tasks-of DIR                                  print the sorted task list (one path per line)
+    datagen.py chunk --tasks DIR --index I --num-chunks N --out FILE
+        write chunk I's task paths to FILE (no copies): tasks are split into N contiguous, balanced parts
+    datagen.py serve-ready --url URL --timeout S             wait until GET URL/models answers 200
+    datagen.py wait-endpoint --file F --server-name NAME --timeout S
+        wait for the server job's endpoint file and a healthy GET /models; print the URL. Fails at once
+        when the server job is no longer queued or running, and after S seconds otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def task_list(tasks: Path) -> list[Path]:
+    """Tasks are the sorted, non-hidden subdirectories of DIR, or its files when it has none."""
+    entries = sorted(p for p in tasks.iterdir() if not p.name.startswith("."))
+    dirs = [p for p in entries if p.is_dir()]
+    return dirs or [p for p in entries if p.is_file()]
+
+
+def chunk_bounds(n: int, index: int, num_chunks: int) -> tuple[int, int]:
+    """[start, end) of chunk `index` when n tasks are split into num_chunks balanced contiguous parts."""
+    return index * n // num_chunks, (index + 1) * n // num_chunks
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/models", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def server_state(name: str) -> str:
+    out = subprocess.run(["squeue", "-h", "--me", "-n", name, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "GONE"
+
+
+def wait_endpoint(file: Path, server_name: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        if file.is_file():
+            url = json.loads(file.read_text())["endpoint_url"]
+            if healthy(url):
+                return url
+        state = server_state(server_name)
+        if state not in ("PENDING", "RUNNING", "CONFIGURING"):
+            raise SystemExit(f"datagen: error: inference server job {server_name} is {state} without a healthy "
+                             f"endpoint; see its log in {file.parent.parent / 'logs'}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"datagen: error: inference server job {server_name} ({state}) gave no healthy "
+                             f"endpoint within {timeout:.0f} s")
+        time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="datagen.py")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("tasks-of").add_argument("tasks", type=Path)
+    c = sub.add_parser("chunk")
+    c.add_argument("--tasks", type=Path, required=True)
+    c.add_argument("--index", type=int, required=True)
+    c.add_argument("--num-chunks", type=int, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("serve-ready")
+    r.add_argument("--url", required=True)
+    r.add_argument("--timeout", type=float, required=True)
+    w = sub.add_parser("wait-endpoint")
+    w.add_argument("--file", type=Path, required=True)
+    w.add_argument("--server-name", required=True)
+    w.add_argument("--timeout", type=float, required=True)
+    args = p.parse_args(argv)
+    if args.cmd == "tasks-of":
+        print("\n".join(map(str, task_list(args.tasks))))
+    elif args.cmd == "chunk":
+        if not args.tasks.is_dir():
+            raise SystemExit(f"datagen: error: task directory {args.tasks} does not exist")
+        tasks = task_list(args.tasks)
+        start, end = chunk_bounds(len(tasks), args.index, args.num_chunks)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("".join(f"{t}\n" for t in tasks[start:end]))
+        print(end - start)
+    elif args.cmd == "serve-ready":
+        deadline = time.monotonic() + args.timeout
+        while not healthy(args.url):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"datagen: error: server at {args.url} not healthy after {args.timeout:.0f} s")
+            time.sleep(1)
+    else:
+        print(wait_endpoint(args.file, args.server_name, args.timeout))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
