@@ -3,7 +3,8 @@
     datagen.py tasks-of DIR                                  print the sorted task list (one path per line)
     datagen.py chunk --tasks DIR --index I --num-chunks N --out FILE
         write chunk I's task paths to FILE (no copies): tasks are split into N contiguous, balanced parts
-    datagen.py serve-ready --url URL --timeout S             wait until GET URL/models answers 200
+    datagen.py serve-ready --url URL --timeout S --pid PID   wait until GET URL/models answers 200; fail
+        at once if the server process PID exits first
     datagen.py wait-endpoint --file F --server-name NAME --timeout S
         wait for the server job's endpoint file and a healthy GET /models; print the URL. Fails at once
         when the server job is no longer queued or running, and after S seconds otherwise.
@@ -41,6 +42,13 @@ def healthy(url: str) -> bool:
         return False
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def server_state(name: str) -> str:
     out = subprocess.run(["squeue", "-h", "--me", "-n", name, "-o", "%T"], capture_output=True, text=True)
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "GONE"
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("serve-ready")
     r.add_argument("--url", required=True)
     r.add_argument("--timeout", type=float, required=True)
+    r.add_argument("--pid", type=int, required=True)
     w = sub.add_parser("wait-endpoint")
     w.add_argument("--file", type=Path, required=True)
     w.add_argument("--server-name", required=True)
@@ -93,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "serve-ready":
         deadline = time.monotonic() + args.timeout
         while not healthy(args.url):
+            if not Path(f"/proc/{args.pid}").exists() or _zombie(args.pid):
+                raise SystemExit(f"datagen: error: the server process exited before {args.url} answered")
             if time.monotonic() > deadline:
                 raise SystemExit(f"datagen: error: server at {args.url} not healthy after {args.timeout:.0f} s")
             time.sleep(1)

@@ -1,0 +1,125 @@
+"""Data generation as real jobs: a tiny model served on the local cluster, tasks, a throttled trace array,
+uploads to the loopback hub; failures and a 1000-chunk array submitted with one sbatch."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpc import ROOT
+
+from helpers import log_text, manifest
+
+pytestmark = pytest.mark.slurm
+
+GENERATOR = "examples/datagen/generate.py"
+
+
+@pytest.fixture
+def online(tmp_path, user_profiles, fake_hub):
+    """An online copy of the local profile whose dotenv points the Hub clients at the fake hub."""
+    user_profiles("online", internet=True)
+    dotenv = tmp_path / "online.env"
+    dotenv.write_text((ROOT / "dotenv" / "local.env").read_text() + f"HF_ENDPOINT={fake_hub.url}\n")
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("HF_TOKEN=hf_datagen_token\n")
+    secrets.chmod(0o600)
+    env = {"HPC_LAUNCH_PROFILES": str(tmp_path / "my_profiles"), "DC_AGENT_SECRET_ENV": str(secrets)}
+    return ["--cluster", "online", "--dotenv", str(dotenv)], env
+
+
+def jobs_by_key(exp: Path) -> dict[str, dict]:
+    return {job["key"]: job for job in manifest(exp)["jobs"]}
+
+
+def max_concurrency(array_id: str) -> int:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", array_id],
+                         capture_output=True, text=True, check=True).stdout
+    spans = [(datetime.fromisoformat(s), datetime.fromisoformat(e)) for _, s, e in
+             (line.split("|") for line in out.splitlines() if line)]
+    return max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+
+
+def test_tasks_server_and_five_chunks_two_at_a_time(launch, tmp_path, online, fake_hub):
+    args, env = online
+    result = launch(*args, "--job_type", "datagen", "--datagen_config", "tiny_local", "--datagen_script", GENERATOR,
+                    "--datagen_extra_args", "--num-tasks 10", "--enable_trace_gen", "--trace_target_repo",
+                    "org/traces", "--num_chunks", "5", "--chunk_parallelism", "2", "--server_wait_timeout", "300",
+                    "--job_name", "dg", "--wait", extra_env=env)
+    exp = tmp_path / "exp" / "dg"
+    assert result.returncode == 0, result.stdout + result.stderr + log_text(exp)
+    jobs = jobs_by_key(exp)
+    assert [jobs[k]["state"] for k in ("tasks", "traces", "cleanup")] == ["COMPLETED"] * 3
+    assert jobs["server"]["state"] == "CANCELLED"  # by the cleanup job, once the work was done
+    assert jobs["traces"]["array"] == "0-4%2" and jobs["traces"]["elapsed"] == "5/5 tasks COMPLETED"
+    assert max_concurrency(jobs["traces"]["slurm_job_id"]) <= 2
+    tasks = sorted(p.name for p in (exp / "outputs" / "tasks").iterdir())
+    assert len(tasks) == 10
+    for i in range(5):
+        listed = (exp / "chunks" / f"chunk_{i:03d}.txt").read_text().split()
+        assert [Path(p).name for p in listed] == tasks[2 * i:2 * i + 2]  # an index of the tasks, not copies
+        traces = sorted((exp / "outputs" / "traces" / f"chunk_{i:03d}").glob("*.json"))
+        assert len(traces) == 2
+        assert set(fake_hub.repo_files(f"org/traces-chunk{i:03d}", repo_type="dataset")) >= {p.name for p in traces}
+    assert "inference server at http://127.0.0.1:" in log_text(exp)
+
+
+def test_a_failed_task_job_stops_the_traces(launch, tmp_path, online):
+    args, env = online
+    result = launch(*args, "--job_type", "datagen", "--datagen_config", "tiny_local", "--datagen_script", GENERATOR,
+                    "--datagen_extra_args", "--num-tasks 4 --fail", "--enable_trace_gen", "--trace_target_repo",
+                    "org/t", "--num_chunks", "2", "--job_name", "dgfail", "--wait", extra_env=env)
+    exp = tmp_path / "exp" / "dgfail"
+    jobs = jobs_by_key(exp)
+    assert result.returncode == 1
+    assert jobs["tasks"]["state"] == "FAILED" and jobs["traces"]["state"] == "CANCELLED", log_text(exp)
+    assert jobs["traces"]["reason"] == "not run: tasks ended FAILED"
+    assert jobs["cleanup"]["state"] == "COMPLETED" and jobs["server"]["state"] == "CANCELLED"
+    assert not (exp / "outputs" / "traces").exists()
+
+
+def test_a_dead_server_fails_its_users_clearly_and_quickly(launch, tmp_path, online):
+    args, env = online
+    config = yaml.safe_load((ROOT / "examples" / "datagen" / "tiny_local.yaml").read_text())
+    config["server"]["command"] = ["python", "-c", "import sys; print('server crashed'); sys.exit(3)"]
+    (tmp_path / "dead.yaml").write_text(yaml.safe_dump(config))
+    result = launch(*args, "--job_type", "datagen", "--datagen_config", str(tmp_path / "dead.yaml"),
+                    "--datagen_script", GENERATOR, "--datagen_extra_args", "--num-tasks 2", "--job_name", "dgdead",
+                    "--server_wait_timeout", "600", "--wait", extra_env=env)
+    exp = tmp_path / "exp" / "dgdead"
+    jobs = jobs_by_key(exp)
+    logs = log_text(exp)
+    assert result.returncode == 1
+    assert jobs["server"]["state"] == "FAILED" and jobs["tasks"]["state"] == "FAILED", logs
+    assert "the server process exited before" in logs
+    assert "inference server job dgdead_server is" in logs and "without a healthy endpoint" in logs
+    minutes, seconds = map(int, jobs["tasks"]["elapsed"].split(":")[-2:])
+    assert minutes * 60 + seconds < 120  # not the 600 s timeout: the dead server is noticed at once
+
+
+def test_thousand_chunks_are_submitted_with_one_sbatch(launch, tmp_path, online):
+    args, env = online
+    tasks = tmp_path / "tasks"
+    for i in range(1000):
+        (tasks / f"t{i:04d}").mkdir(parents=True)
+    (tmp_path / "noop.yaml").write_text(yaml.safe_dump({"engine": "none", "model": "none", "chunk_size": 1,
+                                                         "chunk_parallelism": 1}))
+    result = launch(*args, "--job_type", "datagen", "--datagen_config", str(tmp_path / "noop.yaml"),
+                    "--no-enable_task_gen", "--enable_trace_gen", "--trace_script", GENERATOR,
+                    "--trace_input_path", str(tasks), "--trace_target_repo", "org/noop", "--job_name", "dg1000",
+                    extra_env=env)
+    assert result.returncode == 0, result.stderr
+    jobs = manifest(tmp_path / "exp" / "dg1000")["jobs"]
+    assert [(j["key"], j["array"]) for j in jobs] == [("traces", "0-999%1")]
+    assert jobs[0]["sbatch_argv"][:3] == ["sbatch", "--parsable", "--array=0-999%1"]
+    array_id = jobs[0]["slurm_job_id"]
+    try:
+        queued = subprocess.run(["squeue", "-h", "-r", "-j", array_id, "-o", "%i"], capture_output=True,
+                                text=True, check=True).stdout.split()
+        assert len(queued) >= 999 and all(q.startswith(f"{array_id}_") for q in queued)
+    finally:
+        subprocess.run(["scancel", array_id], check=False)
