@@ -23,6 +23,8 @@ from hpc.timefmt import parse_time
 ENTRY_SOURCE = ROOT / "hpc" / "jobside" / "lf_train.py"
 ENTRY_REL = "sbatch/lf_train.py"
 CONFIG_REL = "configs/train.yaml"
+SUMMARY_SOURCE = ROOT / "hpc" / "jobside" / "run_summary.py"
+SUMMARY_REL = "sbatch/run_summary.py"
 #: Requeues after a time limit or preemption, unless --max_restarts says otherwise.
 DEFAULT_MAX_RESTARTS = 3
 
@@ -174,12 +176,14 @@ def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir:
         max_restarts=max_restarts,
         signal_seconds=p.signal_seconds,
         extra_env=wandb_env,
+        summary_script=str(experiment_dir / SUMMARY_REL),
     )
     deps = tuple(parse_dependency(opts.dependency)) if opts.dependency else ()
     job = JobSpec(key="train", job_type="train", name=job_name, script=script,
                   script_path="sbatch/train.sbatch", dependencies=deps)
     files = {
         ENTRY_REL: ENTRY_SOURCE.read_text(),
+        SUMMARY_REL: SUMMARY_SOURCE.read_text(),
         CONFIG_REL: yaml.safe_dump(config, sort_keys=False),
         "configs/launch.yaml": yaml.safe_dump(
             {

@@ -37,6 +37,10 @@ def test_tiny_train_completes_and_no_secret_leaks(launch, tmp_path):
     logs = log_text(exp)
     assert "running offline" in logs and "train results:" in logs and "train results:" in result.stdout
     assert (exp / "canary.sha256").read_text().strip() == hashlib.sha256(canary.encode()).hexdigest()
+    summary = json.loads((exp / "run_summary.json").read_text())
+    assert summary["base_model"] == "build/tiny/model" and summary["training_type"] == "SFT"
+    assert summary["weights_location"] == str(out) and summary["training_parameters"]["max_steps"] == 6
+    assert summary["slurm_job_id"] == job["slurm_job_id"] and summary["training_start"] <= summary["training_end"]
     status = run_cli(str(exp), module="hpc.status")
     assert status.returncode == 0 and f"{job['slurm_job_id']}  COMPLETED" in status.stdout, status
     leaks = [p for root in (exp, out) for p in root.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
