@@ -133,3 +133,14 @@ def test_help_imports_no_heavy_library():
             "print(sorted(m for m in ('wandb', 'supabase', 'huggingface_hub', 'torch', 'sky') if m in sys.modules))")
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe
+
+
+def test_unknown_dataset_is_caught_before_anything_is_written(tmp_path, fake_slurm):
+    """On an offline cluster the datasets are checked against dataset_info.json at launch."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text('{"mine": {"file_name": "mine.json"}}')
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"model_name_or_path: m\ndataset: no_such_dataset\ndataset_dir: {data}\n")
+    line = _bad(tmp_path, fake_slurm, "--cluster", "local", "--train_config_path", str(config))
+    assert line == f"hpc-launch: error: dataset 'no_such_dataset' is not in {data}/dataset_info.json"

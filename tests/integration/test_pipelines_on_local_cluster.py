@@ -92,7 +92,7 @@ def test_eval_writes_a_finite_perplexity_for_the_consolidated_model(zero3_chain)
 
 
 def test_failed_train_leaves_consolidate_and_eval_unrun(launch, tmp_path):
-    result = launch("--train_config_path", str(ZERO3_YAML), "--job_name", "broken", "--dataset", "no_such_dataset",
+    result = launch("--train_config_path", str(ZERO3_YAML), "--job_name", "broken", "--template", "no_such_template",
                     "--consolidate", "--eval_tasks", EVAL_DATA, "--wait")
     exp = tmp_path / "exp" / "broken"
     assert result.returncode == 1, result
