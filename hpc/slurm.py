@@ -134,32 +134,53 @@ def parse_squeue(text: str) -> dict[str, JobState]:
     return states
 
 
-def combine(job_id: str, rows: Mapping[str, JobState]) -> JobState | None:
-    """One state for a job or a whole array (rows 123_0, 123_[2-4%2], ...): done when every task is."""
-    mine = [state for key, state in rows.items() if key == job_id or key.startswith(f"{job_id}_")]
+def array_size(spec: str) -> int:
+    """Number of tasks of an --array spec such as "0-4%2" or "1,4,7-9"."""
+    count = 0
+    for part in spec.split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+def combine(job_id: str, rows: Mapping[str, JobState], tasks: int | None = None) -> JobState | None:
+    """One state for a job, or for an array of `tasks` tasks (rows 123_0, 123_[2-4%2], ...).
+
+    An array is done only when every one of its tasks has a terminal row: accounting can list an
+    array's records one by one, so a partial list must not look finished.
+    """
+    if tasks is None:
+        return rows.get(job_id)
+    mine = [state for key, state in rows.items() if key.startswith(f"{job_id}_")]
     if not mine:
         return None
-    if len(mine) == 1 and mine[0].job_id == job_id:
-        return mine[0]
     name = mine[0].name
-    if not all(s.done for s in mine):
+    finished = [(s, _covers(s.job_id.removeprefix(f"{job_id}_"))) for s in mine if s.done]
+    if sum(n for _, n in finished) < tasks:
         return JobState(job_id, name, "RUNNING" if any(s.state == "RUNNING" for s in mine) else "PENDING")
-    bad = [s for s in mine if s.state != "COMPLETED"]
-    summary = f"{len(mine) - len(bad)}/{len(mine)} tasks COMPLETED"
+    bad = [s for s, _ in finished if s.state != "COMPLETED"]
+    ok = sum(n for s, n in finished if s.state == "COMPLETED")
+    summary = f"{ok}/{tasks} tasks COMPLETED"
     return JobState(job_id, name, bad[0].state if bad else "COMPLETED", bad[0].exit_code if bad else "0:0", summary)
 
 
-def query(job_ids: list[str]) -> dict[str, JobState]:
-    """States of many jobs and arrays: one sacct call, and one squeue only for jobs accounting has not seen yet."""
+def _covers(index: str) -> int:
+    """Array tasks one accounting row stands for: "3" is one, "[0-4%2]" (never started) is five."""
+    return 1 if index.isdigit() else array_size(index.strip("[]"))
+
+
+def query(job_ids: list[str], arrays: Mapping[str, int] = {}) -> dict[str, JobState]:
+    """States of many jobs and arrays (job id -> number of tasks): one sacct call, and one squeue only
+    for jobs accounting has not seen yet."""
     proc = _run(sacct_argv(job_ids))
     if proc.returncode != 0:
         raise SlurmError(f"sacct failed: {_slurm_message(proc)}")
     rows = parse_sacct(proc.stdout)
-    missing = [j for j in job_ids if combine(j, rows) is None]
+    missing = [j for j in job_ids if combine(j, rows, arrays.get(j)) is None]
     if missing:
         proc = _run(["squeue", "-h", "-t", "all", "-o", "%i|%j|%T", "-j", ",".join(missing)])
         rows.update(parse_squeue(proc.stdout) if proc.returncode == 0 else {})
-    return {j: state for j in job_ids if (state := combine(j, rows)) is not None}
+    return {j: state for j in job_ids if (state := combine(j, rows, arrays.get(j))) is not None}
 
 
 def max_array_size(dry_run: bool = False) -> int:
@@ -172,13 +193,14 @@ def max_array_size(dry_run: bool = False) -> int:
 
 
 def wait(job_ids: list[str], timeout: float | None = None, first_poll: float = 2.0, max_poll: float = 60.0,
-         on_change: Callable[[dict[str, JobState]], None] | None = None) -> dict[str, JobState]:
+         on_change: Callable[[dict[str, JobState]], None] | None = None,
+         arrays: Mapping[str, int] = {}) -> dict[str, JobState]:
     """Poll until every job is in a terminal state, backing off from first_poll to max_poll seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     interval = first_poll
     last: dict[str, JobState] = {}
     while True:
-        states = query(job_ids)
+        states = query(job_ids, arrays)
         if on_change and states != last:
             on_change(states)
         last = states

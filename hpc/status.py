@@ -8,7 +8,12 @@ from pathlib import Path
 
 from hpc.errors import LaunchError, run_reporting
 from hpc.plan import MANIFEST, read_manifest, write_json
-from hpc.slurm import JobState, query, wait
+from hpc.slurm import JobState, array_size, query, wait
+
+
+def _arrays(manifest: dict) -> dict[str, int]:
+    """Array job id -> number of tasks, for every submitted array of the launch."""
+    return {r["slurm_job_id"]: array_size(r["array"]) for r in manifest["jobs"] if r.get("array") and r.get("slurm_job_id")}
 
 
 def _job_ids(manifest: dict) -> dict[str, str]:
@@ -72,7 +77,7 @@ def wait_and_report(experiment_dir: Path, first_poll: float = 2.0) -> int:
                 shown[key] = state.state
                 print(f"  {key}: {state.state}", flush=True)
 
-    states = wait(list(ids.values()), first_poll=first_poll, on_change=show_changes)
+    states = wait(list(ids.values()), first_poll=first_poll, on_change=show_changes, arrays=_arrays(manifest))
     _record(experiment_dir, manifest, states)
     _print_log_tails(experiment_dir, manifest)
     return 0 if all(ended_well(r) for r in manifest["jobs"] if r.get("slurm_job_id")) else 1
@@ -90,7 +95,7 @@ def show(experiment_dir: Path, wait_for_end: bool) -> int:
     if wait_for_end:
         return wait_and_report(experiment_dir)
     manifest = read_manifest(experiment_dir)
-    _record(experiment_dir, manifest, query(list(_job_ids(manifest).values())))
+    _record(experiment_dir, manifest, query(list(_job_ids(manifest).values()), _arrays(manifest)))
     return 0
 
 

@@ -43,3 +43,57 @@ def user_profiles(tmp_path, monkeypatch):
 
 
 from fakehub import fake_hub  # noqa: F401
+
+
+# --- the model registry's tests (tests/test_registry_*.py) --------------------------------------------------------
+
+from hpc import ROOT  # noqa: E402
+from postgrest_standin import CANARY_KEY, PostgresServer, PostgrestStandIn  # noqa: E402
+from wandb_standin import WandbStandIn  # noqa: E402
+
+REGISTRY_SECRET_ENV = ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "WANDB_API_KEY", "WANDB_ENTITY", "WANDB_PROJECT",
+                       "WANDB_RUN_ID", "WANDB_BASE_URL")
+
+
+@pytest.fixture
+def no_real_registry_services(monkeypatch, tmp_path):
+    """The developer's keys never reach a test; W&B, if reached by mistake, is a dead loopback port.
+    The registry test modules apply it to every test (pytestmark = pytest.mark.usefixtures(...))."""
+    for key in REGISTRY_SECRET_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+
+
+@pytest.fixture
+def postgrest():
+    with PostgrestStandIn(key=CANARY_KEY) as standin:
+        yield standin
+
+
+@pytest.fixture
+def wandb_api():
+    with WandbStandIn() as standin:
+        standin.add_run("my-team", "proj", "abc123", created_at="2026-11-20T10:00:00", runtime=7200,
+                        config={"learning_rate": 0.001, "model_name_or_path": "Qwen/Qwen3-0.6B"})
+        yield standin
+
+
+@pytest.fixture(scope="session")
+def pg():
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:  # CI installs postgresql (scripts/setup.sh): missing is a failure, not a skip
+        pytest.fail(f"cannot start PostgreSQL for the registry tests: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def registry_db(pg):
+    """A fresh database with hpc/registry_schema.sql applied by psql, as the README says."""
+    dsn = pg.database()
+    proc = pg.psql(dsn, "-f", str(ROOT / "hpc" / "registry_schema.sql"))
+    assert proc.returncode == 0, proc.stderr
+    return dsn

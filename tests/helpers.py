@@ -66,3 +66,19 @@ def train_output(exp: Path) -> Path:
 
 def log_text(exp: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in (exp / "logs").glob("*.out"))
+
+
+NO_NETWORK_GUARD = """
+import socket
+def refuse(*args, **kwargs):
+    raise SystemExit(f"network call during dry run: {args}")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+"""
+
+
+def run_python_without_network(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (cwd: the repo root) in which every socket connect and name lookup
+    exits with "network call during dry run: ..." (NO_NETWORK_GUARD runs first)."""
+    return subprocess.run([sys.executable, "-c", NO_NETWORK_GUARD + code], capture_output=True, text=True, cwd=ROOT)

@@ -8,7 +8,7 @@ import pytest
 
 from hpc import ROOT
 
-from helpers import run_cli
+from helpers import run_cli, run_python_without_network
 
 
 @pytest.fixture
@@ -108,12 +108,7 @@ def test_dry_run_writes_everything_and_submits_nothing(tmp_path, fake_slurm, tra
 def test_dry_run_makes_no_network_call_and_imports_nothing_heavy(tmp_path, train_yaml):
     """In a fresh interpreter: every socket use fails loudly, then the modules loaded are listed."""
     code = f"""
-import socket, sys
-def refuse(*args, **kwargs):
-    raise SystemExit(f"network call during dry run: {{args}}")
-socket.socket.connect = refuse
-socket.create_connection = refuse
-socket.getaddrinfo = refuse
+import sys
 from hpc import launch
 code = launch.main(["--cluster", "local", "--train_config_path", {str(train_yaml)!r}, "--experiments_dir",
                     {str(tmp_path / "exp")!r}, "--consolidate", "--deepspeed", "examples/train/ds_z3.json",
@@ -121,7 +116,7 @@ code = launch.main(["--cluster", "local", "--train_config_path", {str(train_yaml
 heavy = {{"wandb", "supabase", "huggingface_hub", "sky", "torch", "transformers", "deepspeed"}} & set(sys.modules)
 print("exit", code, "heavy", sorted(heavy))
 """
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    probe = run_python_without_network(code)
     assert probe.stdout.strip().splitlines()[-1] == "exit 0 heavy []", probe.stdout + probe.stderr
     assert "dry run: nothing submitted" in probe.stdout
 

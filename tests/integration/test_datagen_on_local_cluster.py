@@ -123,3 +123,39 @@ def test_thousand_chunks_are_submitted_with_one_sbatch(launch, tmp_path, online)
         assert len(queued) >= 999 and all(q.startswith(f"{array_id}_") for q in queued)
     finally:
         subprocess.run(["scancel", array_id], check=False)
+
+
+def test_only_failed_chunks_runs_just_those_again(launch, tmp_path, online):
+    """A generator that fails on one task until it is fixed: the retry runs only that task's chunk."""
+    args, env = online
+    tasks = tmp_path / "tasks"
+    for i in range(6):
+        (tasks / f"t{i}").mkdir(parents=True)
+    fixed = tmp_path / "fixed"
+    script = tmp_path / "flaky.py"
+    script.write_text(f"""import pathlib, sys
+args = sys.argv
+tasks = pathlib.Path(args[args.index("--tasks-list") + 1]).read_text().split()
+if any(t.endswith("/t3") for t in tasks) and not pathlib.Path({str(fixed)!r}).exists():
+    sys.exit("flaky: t3 is broken")
+out = pathlib.Path(args[args.index("--output-dir") + 1])
+out.mkdir(parents=True, exist_ok=True)
+for t in tasks:
+    (out / (pathlib.Path(t).name + ".json")).write_text("{{}}")
+""")
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({"engine": "none", "model": "none", "chunk_size": 2}))
+    common = [*args, "--job_type", "datagen", "--datagen_config", str(tmp_path / "none.yaml"),
+              "--no-enable_task_gen", "--enable_trace_gen", "--trace_script", str(script),
+              "--trace_target_repo", "org/flaky", "--trace_input_path", str(tasks), "--wait"]
+    first = launch(*common, "--job_name", "flaky", extra_env=env)
+    exp = tmp_path / "exp" / "flaky"
+    assert first.returncode == 1 and manifest(exp)["jobs"][0]["state"] == "FAILED", log_text(exp)
+    done = sorted(p.name for p in (exp / "chunks").glob("*.done"))
+    assert done == ["chunk_000.done", "chunk_002.done"]  # t3 is in chunk 1 (t2, t3)
+    fixed.touch()
+    retry = launch(*args, "--job_type", "datagen", "--only_failed_chunks", str(exp), "--job_name", "flaky_retry",
+                   "--wait", extra_env=env)
+    assert retry.returncode == 0, retry.stdout + log_text(tmp_path / "exp" / "flaky_retry")
+    assert manifest(tmp_path / "exp" / "flaky_retry")["jobs"][0]["array"] == "1%4"
+    outputs = sorted(p.name for p in (exp / "outputs" / "traces").rglob("*.json"))
+    assert outputs == [f"t{i}.json" for i in range(6)]

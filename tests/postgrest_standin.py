@@ -1,4 +1,4 @@
-"""Loopback stand-ins for the model registry's services, and a throw-away PostgreSQL server.
+"""Loopback stand-in for Supabase's REST endpoint (PostgREST), and a throw-away PostgreSQL server.
 
 * ``PostgrestStandIn``: speaks the part of PostgREST's wire format (Supabase's ``/rest/v1``) that supabase-py
   uses for the registry: ``POST /rest/v1/<table>[?on_conflict=c]`` with ``Prefer: resolution=merge-duplicates|
@@ -10,16 +10,14 @@
   becomes the SQL PostgREST would run (``INSERT ... SELECT ... FROM json_populate_recordset(NULL::t, $1)
   ON CONFLICT (c) DO UPDATE SET <each given column> = EXCLUDED.<column> RETURNING to_json(t.*)``).
   Not PostgREST itself (no PostgREST server can be had here): its request/response contract plus real SQL.
-* ``WandbStandIn``: the W&B GraphQL endpoint (``POST /graphql``) as ``wandb.Api`` 0.31 uses it through
-  wandb-core: ``Viewer`` (key check, ``Authorization: Basic base64("api:<key>")``), ``GetDefaultEntity`` and
-  ``Run`` (``project(name, entityName) { run(name) {...RunFragment} }``). Point clients at it with ``env()``.
 * ``PostgresServer``: Debian's PostgreSQL 15 in a temp dir, as the ``postgres`` user when run as root
   (initdb refuses root), unix socket only (no TCP), fsync off; ``database()`` makes a fresh database.
+
+The W&B GraphQL stand-in is in wandb_standin.py; both serve through loopback_server.LoopbackServer.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -27,28 +25,18 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hpc import ROOT
+from loopback_server import LoopbackServer, Recorded
 
 SCHEMA_SQL = ROOT / "hpc" / "registry_schema.sql"
 _IDENT = re.compile(r"[a-z_][a-z0-9_]*")
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: list[tuple[str, str]]
-    headers: dict[str, str]  # lower-case names
-    body: Any
+CANARY_KEY = "sb-service-role-CANARY-8f3a"  # the service-role key the registry tests use: it must never be printed
 
 
 class StandInError(Exception):
@@ -59,50 +47,6 @@ class StandInError(Exception):
         super().__init__(message)
         self.status, self.body = status, {"code": code, "details": details, "hint": hint, "message": message}
 
-
-class _Server:
-    """A threaded loopback HTTP server; ``handle(method, path, headers, body)`` returns (status, headers, bytes)."""
-
-    def __init__(self) -> None:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _any(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                lowered = {k.lower(): v for k, v in self.headers.items()}
-                status, headers, data = owner.handle(self.command, self.path, lowered, body)
-                self.send_response(status)
-                for key, value in {**headers, "Content-Length": str(len(data))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = do_HEAD = _any
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.requests: list[Recorded] = []
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def schema_tables(sql: str | None = None) -> dict[str, list[str]]:
@@ -217,7 +161,7 @@ class PostgresBackend:
         return self._run(query, tuple(v for _, v in filters))
 
 
-class PostgrestStandIn(_Server):
+class PostgrestStandIn(LoopbackServer):
     """Supabase's REST endpoint (PostgREST), see the module docstring. ``url`` is what SUPABASE_URL gets."""
 
     def __init__(self, key: str = "service-role-key-for-tests", dsn: str | None = None) -> None:
@@ -280,62 +224,6 @@ class PostgrestStandIn(_Server):
         except StandInError as exc:
             return exc.status, {"Content-Type": "application/json"}, json.dumps(exc.body).encode()
 
-
-def wandb_run_attrs(run_id: str, created_at: str, state: str = "finished", runtime: float | None = None,
-                    config: dict | None = None, heartbeat_at: str | None = None, display_name: str = "run") -> dict:
-    """A run as W&B's GraphQL `RunFragment` returns it (config and summaryMetrics are JSON strings)."""
-    summary = {"_runtime": runtime} if runtime is not None else {}
-    return {
-        "projectId": "1", "id": base64.b64encode(f"Run:v1:{run_id}".encode()).decode(), "name": run_id,
-        "displayName": display_name, "state": state, "createdAt": created_at, "heartbeatAt": heartbeat_at or created_at,
-        "config": json.dumps({k: {"value": v, "desc": None} for k, v in (config or {}).items()}),
-        "summaryMetrics": json.dumps(summary), "systemMetrics": "{}", "tags": [], "sweepName": None, "group": None,
-        "jobType": None, "commit": None, "readOnly": False, "description": None, "notes": None,
-        "historyLineCount": 0, "user": {"name": "Alice", "username": "alice"}, "historyKeys": None,
-    }
-
-
-class WandbStandIn(_Server):
-    """W&B's GraphQL API for ``wandb.Api().run(path)``; runs keyed by (entity, project, run id)."""
-
-    def __init__(self, api_key: str = "k" * 40, default_entity: str = "my-team") -> None:
-        self.api_key, self.default_entity = api_key, default_entity
-        self.runs: dict[tuple[str, str, str], dict] = {}
-        super().__init__()
-
-    def add_run(self, entity: str, project: str, run_id: str, **attrs: Any) -> None:
-        self.runs[(entity, project, run_id)] = wandb_run_attrs(run_id, **attrs)
-
-    def env(self, home: Path) -> dict[str, str]:
-        """Environment for a process using wandb.Api against this stand-in (and nothing else)."""
-        return {"WANDB_BASE_URL": self.url, "WANDB_API_KEY": self.api_key, "WANDB_ERROR_REPORTING": "false",
-                "WANDB_DIR": str(home / "wandb"), "WANDB_CACHE_DIR": str(home / "wandb-cache"),
-                "WANDB_CONFIG_DIR": str(home / "wandb-config"), "HOME": str(home)}
-
-    def graphql(self) -> list[dict]:
-        """The GraphQL payloads received, in order."""
-        return [r.body for r in self.requests if r.path == "/graphql"]
-
-    def handle(self, method, path, headers, body):
-        payload = json.loads(body) if body else {}
-        self.requests.append(Recorded(method, path, [], headers, payload))
-        expected = "Basic " + base64.b64encode(f"api:{self.api_key}".encode()).decode()
-        if headers.get("authorization") != expected:
-            return 401, {"Content-Type": "application/json"}, b'{"errors":[{"message":"user is not logged in"}]}'
-        query, variables = payload.get("query", ""), payload.get("variables") or {}
-        if path != "/graphql" or method != "POST":
-            data, errors = None, [{"message": f"stand-in: no route {method} {path}"}]
-        elif re.search(r"query\s+Run\(", query):
-            run = self.runs.get((variables.get("entity"), variables.get("project"), variables.get("name")))
-            data, errors = {"project": {"run": run}}, None
-        elif "viewer" in query:
-            data = {"viewer": {"id": "VXNlcjox", "entity": self.default_entity, "username": "alice",
-                               "email": "alice@example.invalid", "flags": None, "teams": {"edges": []}}}
-            errors = None
-        else:
-            data, errors = None, [{"message": "stand-in: unsupported query"}]
-        reply = {"data": data} | ({"errors": errors} if errors else {})
-        return 200, {"Content-Type": "application/json"}, json.dumps(reply).encode()
 
 
 def _free_port() -> int:
