@@ -14,7 +14,7 @@ from helpers import TRAIN_YAML
 
 GOLDEN = Path(__file__).parent / "golden"
 LOGIN_ENV = {"HOME": "/home/alice", "USER": "alice", "PATH": "/usr/bin:/bin", "SCRATCH": "/scratch/alice",
-             "PROJECT": "/project/alice", "WORK": "/work/alice", "PSCRATCH": "/pscratch/alice"}
+             "PROJECT": "/project/alice", "WORK": "/tacc/alice", "PSCRATCH": "/pscratch/alice"}
 
 
 @pytest.mark.parametrize("cluster, tunnel", [("local", False), ("jureca", False), ("perlmutter", False),
