@@ -22,6 +22,8 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"}
 #: report_to integrations that need the network at run time (wandb has an offline mode).
 NETWORK_REPORTERS = {"mlflow", "comet_ml", "clearml", "neptune", "dagshub", "dvclive", "swanlab", "azure_ml"}
+#: Where a prefetched dataset came from, kept in the rewritten dataset_info.json entry.
+SOURCE_KEY = "hub_source"
 _HUB_KEYS = {"hf_hub_url", "ms_hub_url", "om_hub_url", "subset", "split", "folder"}
 
 
@@ -153,6 +155,7 @@ def localize(config: dict[str, object], workdir: Path, experiment_dir: Path, fet
                 for i, target in enumerate(files):
                     out.links[f"datasets/{name}/{i:04d}_{target.name}"] = str(target)
                 kept["file_name"] = str(experiment_dir / "datasets" / name)
+                kept[SOURCE_KEY] = str(entry["hf_hub_url"])  # LLaMA-Factory ignores it; run summaries read it
             elif "file_name" in entry and base is not None:
                 kept["file_name"] = str(base / str(entry["file_name"]))
             else:

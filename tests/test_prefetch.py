@@ -61,7 +61,8 @@ def test_models_and_datasets_point_at_local_copies(workdir, tmp_path):
     assert out.config["adapter_name_or_path"] == f"models/m,{tmp_path / 'cache/model/org--lora'}"
     assert out.config["dataset_dir"] == str(exp / "configs")
     info = json.loads(out.files["configs/dataset_info.json"])
-    assert info == {"hub": {"formatting": "sharegpt", "file_name": str(exp / "datasets/hub")},
+    assert info == {"hub": {"formatting": "sharegpt", "file_name": str(exp / "datasets/hub"),
+                            "hub_source": "org/hubdata"},
                     "mine": {"file_name": str(workdir / "data/local.json")}}
     assert out.links == {"datasets/hub/0000_train-0.parquet": str(tmp_path / "cache/dataset/org--hubdata/data/train-0.parquet")}
     assert out.config["push_to_hub"] is False and out.config["report_to"] == "wandb"

@@ -11,7 +11,8 @@ Schema (``"schema": "hpc-launch.run_summary/1"``); ``null`` means unknown:
   hub_model_id         the config's hub_model_id
   base_model           model_name_or_path; an HF-cache snapshot path (.../models--org--name/snapshots/sha)
                        is turned back into its Hub id
-  datasets             list: the config's `dataset` comma list, each replaced by its hf_hub_url when
+  datasets             list: the config's `dataset` comma list, each replaced by its hf_hub_url (or the
+                       hub_source a prefetch recorded) when
                        dataset_dir/dataset_info.json gives one
   training_type        "SFT" (stage sft) or "RL" (stage ppo); null for other stages (pt, rm, dpo, kto):
                        the registry then asks for --training-type
@@ -73,7 +74,7 @@ def hub_id(path: str) -> str:
 
 
 def dataset_ids(config: dict) -> list[str]:
-    """Dataset names, each replaced by its hf_hub_url when dataset_info.json gives one."""
+    """Dataset names, each replaced by its Hub id when dataset_info.json gives one."""
     names = _names(config.get("dataset"))
     info_path = Path(str(config.get("dataset_dir") or "data")) / "dataset_info.json"
     try:
@@ -81,7 +82,11 @@ def dataset_ids(config: dict) -> list[str]:
     except (OSError, ValueError):
         info = {}
     entries = {name: info.get(name) if isinstance(info, dict) else None for name in names}
-    return [str(e["hf_hub_url"]) if isinstance(e, dict) and e.get("hf_hub_url") else n for n, e in entries.items()]
+
+    def source(entry: object) -> str | None:  # hub_source: where hpc-launch's prefetch downloaded it from
+        return (entry.get("hf_hub_url") or entry.get("hub_source")) if isinstance(entry, dict) else None
+
+    return [str(source(e) or n) for n, e in entries.items()]
 
 
 def wandb_info(config: dict, env: dict[str, str]) -> dict | None:

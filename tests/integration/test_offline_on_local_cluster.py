@@ -61,6 +61,8 @@ def test_offline_launch_prefetches_once_runs_offline_and_syncs_later(launch, tmp
     script = (exp / "sbatch" / "train.sbatch").read_text()
     assert "export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline" in script
     assert "running offline" in log_text(exp) and manifest(exp)["jobs"][0]["state"] == "COMPLETED"
+    summary = json.loads((exp / "run_summary.json").read_text())
+    assert summary["datasets"] == ["tiny/arith"] and summary["base_model"] == "tiny/qwen2"  # Hub ids, not paths
 
     second = launch("--train_config_path", str(config_path), "--job_name", "off2", "--gpus_per_node", "1",
                     extra_env=env)
