@@ -17,14 +17,16 @@ from pathlib import Path
 
 from hpc.errors import LaunchError
 
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+#: A Hugging Face repo id: org/name.
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 #: File types LLaMA-Factory reads from a dataset directory (its FILEEXT2TYPE).
 DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"}
 #: report_to integrations that need the network at run time (wandb has an offline mode).
 NETWORK_REPORTERS = {"mlflow", "comet_ml", "clearml", "neptune", "dagshub", "dvclive", "swanlab", "azure_ml"}
 #: Where a prefetched dataset came from, kept in the rewritten dataset_info.json entry.
 SOURCE_KEY = "hub_source"
-_HUB_KEYS = {"hf_hub_url", "ms_hub_url", "om_hub_url", "subset", "split", "folder"}
+_SOURCE_KEYS = {"hf_hub_url", "ms_hub_url", "om_hub_url"}
+_HUB_KEYS = _SOURCE_KEYS | {"subset", "split", "folder"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def hub_reference(value: object, workdir: Path) -> tuple[str, str | None] | None
     if not isinstance(value, str) or value.startswith(("/", "./", "../", "~")) or (workdir / value).exists():
         return None
     repo, _, revision = value.partition("@")
-    return (repo, revision or None) if _REPO_ID.fullmatch(repo) else None
+    return (repo, revision or None) if REPO_ID.fullmatch(repo) else None
 
 
 def cache_dir(env: Mapping[str, str]) -> Path | None:
@@ -143,7 +145,7 @@ def localize(config: dict[str, object], workdir: Path, experiment_dir: Path, fet
     if base and (missing := [n for n in used if n not in info]):
         raise LaunchError(f"dataset {missing[0]!r} is not in {base / 'dataset_info.json'}")
     entries = {name: info[name] if base else {"hf_hub_url": name} for name in used}
-    if any({"hf_hub_url", "ms_hub_url", "om_hub_url"} & set(entry) for entry in entries.values()):
+    if any(_SOURCE_KEYS & set(entry) for entry in entries.values()):
         new_info = {}
         for name, entry in entries.items():
             kept = {k: v for k, v in entry.items() if k not in _HUB_KEYS}

@@ -42,15 +42,23 @@ def finish_chain(opts: LaunchOptions, ctx: Context, job_name: str, experiment_di
             deferred.setdefault(kind, []).extend(items)
     if not deferred:
         return LaunchPlan.from_steps(experiment_dir, ctx.profile.name, steps)
-    files = {DEFERRED_REL: json.dumps(deferred, indent=2) + "\n", SYNC_REL: SYNC_SOURCE.read_text()}
     if ctx.profile.internet_partition:
         steps.append(_sync_step(opts, ctx, job_name, experiment_dir, steps[-1]))
         note = f"deferred uploads run in the sync job on partition {ctx.profile.internet_partition}"
     else:
-        note = (f"compute nodes of {ctx.profile.name} have no internet: when the jobs have finished, run on the "
-                f"login node: python -m hpc.sync {experiment_dir}")
+        note = login_sync_note(ctx, experiment_dir)
     plan = LaunchPlan.from_steps(experiment_dir, ctx.profile.name, steps)
-    return replace(plan, files={**plan.files, **files}, notes=(*plan.notes, note))
+    return replace(plan, files={**plan.files, **deferred_files(deferred)}, notes=(*plan.notes, note))
+
+
+def deferred_files(deferred: dict[str, list]) -> dict[str, str]:
+    """What hpc.sync reads: the deferred work, and its program copied into the experiment."""
+    return {DEFERRED_REL: json.dumps(deferred, indent=2) + "\n", SYNC_REL: SYNC_SOURCE.read_text()}
+
+
+def login_sync_note(ctx: Context, experiment_dir: Path) -> str:
+    return (f"compute nodes of {ctx.profile.name} have no internet: when the jobs have finished, run on the "
+            f"login node: python -m hpc.sync {experiment_dir}")
 
 
 def _sync_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir: Path, last: Step) -> Step:

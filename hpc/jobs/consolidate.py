@@ -18,12 +18,11 @@ from hpc.errors import LaunchError
 from hpc.jobs.chain import after, finish_chain
 from hpc.jobside.consolidate import find_zero_checkpoint, parse_input
 from hpc.plan import JobSpec, LaunchPlan, Step, parse_dependency
-from hpc.prefetch import Fetch, Fetcher, cache_dir
+from hpc.prefetch import REPO_ID, Fetch, Fetcher, cache_dir
 
 JOBSIDE = ROOT / "hpc" / "jobside" / "consolidate.py"
 SCRIPT_REL = "sbatch/consolidate.py"
 DTYPES = ("fp32", "bf16")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
@@ -69,7 +68,7 @@ def after_train(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir
 
 
 def _check_repo_id(repo: str, flag: str) -> None:
-    if not _REPO_ID.fullmatch(repo):
+    if not REPO_ID.fullmatch(repo):
         raise LaunchError(f"{flag} {repo!r} is not a Hugging Face repo id; write it as org/name")
 
 

@@ -20,7 +20,7 @@ from hpc import ROOT
 from hpc.context import Context, LaunchOptions, render_job, resolve_context, resolve_header
 from hpc.datagen_config import DatagenConfig, DatagenOptions, load_config
 from hpc.errors import LaunchError
-from hpc.jobs.chain import DEFERRED_REL, SYNC_REL, SYNC_SOURCE
+from hpc.jobs.chain import deferred_files, login_sync_note
 from hpc.jobside.datagen import task_list
 from hpc.plan import Dependency, JobSpec, LaunchPlan, Step, parse_dependency
 from hpc.slurm import DEFAULT_MAX_ARRAY_SIZE
@@ -78,10 +78,8 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ,
     files = {HELPER_REL: HELPER_SOURCE.read_text(), "configs/datagen.json": json.dumps(record, indent=2) + "\n"}
     notes: tuple[str, ...] = ()
     if not ctx.profile.internet and (uploads := _deferred_uploads(d, tasks_dir, traces_dir, chunks)):
-        files[DEFERRED_REL] = json.dumps({"uploads": uploads}, indent=2) + "\n"
-        files[SYNC_REL] = SYNC_SOURCE.read_text()
-        notes = (f"compute nodes of {ctx.profile.name} have no internet: the generated data is uploaded by "
-                 f"python -m hpc.sync {exp} on the login node once the jobs have finished",)
+        files.update(deferred_files({"uploads": uploads}))
+        notes = (login_sync_note(ctx, exp),)
     return replace(plan, files={**plan.files, **files}, notes=(*plan.notes, *notes))
 
 
