@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hpc.context import LaunchOptions  # noqa: E402
+from hpc.options import LaunchOptions  # noqa: E402
 from hpc.jobs.train import build_plan  # noqa: E402
 
 

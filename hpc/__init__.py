@@ -2,5 +2,14 @@
 
 from pathlib import Path
 
-#: Repository root: cluster_profiles/, dotenv/ and sbatch_templates/ live here.
+__version__ = "0.2.0"
+
+#: The directory that holds the package (the repository root in a checkout): `{hpc_root}` in profile commands.
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir(name: str) -> Path:
+    """A folder of package data (cluster_profiles, dotenv, ...), found with importlib.resources."""
+    from importlib.resources import files
+
+    return Path(str(files(__name__) / name))

@@ -1,106 +1,43 @@
-"""What every job of a launch shares: options, cluster profile, environment, secrets and resources."""
+"""What every job of a launch shares: options, cluster profile, environment, secrets and resources.
+
+A Launch bundles them with the job name and experiment directory; job builders take one Launch.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpc.datagen_config import DatagenOptions
 from hpc.envfiles import SECRETS_ENV, check_secrets_file, read_dotenv, resolve_dotenv_path
 from hpc.errors import LaunchError
-from hpc.plan import check_job_name
+from hpc.options import LaunchOptions
 from hpc.profiles import ClusterProfile, detect_profile, get_profile
-from hpc.render import render
+from hpc.spec import Array, Body, Dependency, Job, Prelude, Resources, Tunnel, check_job_name, parse_dependency
 from hpc.timefmt import format_time, parse_time
-
-
-@dataclass
-class LaunchOptions:
-    """Launcher settings from the CLI or the Python API; None means "not given"."""
-
-    job_type: str = "train"
-    cluster: str | None = None
-    job_name: str | None = None
-    experiments_dir: str | None = None
-    dry_run: bool = False
-    dependency: str | None = None
-    secrets_env: str | None = None
-    dotenv: str | None = None
-    prefetch: bool = False
-    tunnel: bool = False
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_limit: str | None = None
-    num_nodes: int | None = None
-    gpus_per_node: int | None = None
-    # train
-    train_config_path: str | None = None
-    global_batch_size: int | None = None
-    max_restarts: int | None = None
-    train_overrides: dict[str, object] = field(default_factory=dict)
-    # consolidate (its own job type, or chained after train with consolidate=True)
-    consolidate: bool = False
-    consolidate_input: str | None = None
-    consolidate_output_dir: str | None = None
-    consolidate_output_repo: str | None = None
-    consolidate_time_limit: str | None = None
-    consolidate_partition: str | None = None
-    dtype: str = "fp32"
-    public: bool = False
-    overwrite: bool = False
-    # eval, chained after the last job that produces a model
-    eval_tasks: str | None = None
-    eval_time_limit: str | None = None
-    eval_num_nodes: int | None = None
-    # datagen
-    datagen: DatagenOptions = field(default_factory=DatagenOptions)
-
 
 #: Networks that never go through the tunnel (cluster-internal traffic), unless the profile says otherwise.
 PRIVATE_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 
 
 @dataclass(frozen=True)
-class Tunnel:
-    """An SSH SOCKS tunnel from the job's first node to a host with internet, used through proxychains4."""
+class Limits:
+    """What the backend allows, asked once per launch (defaults in a dry run)."""
 
-    host: str
-    direct: list[tuple[str, str]]  # (network, netmask) pairs proxychains reaches directly
+    max_array_size: int = 1001
 
 
 @dataclass(frozen=True)
 class Context:
     profile: ClusterProfile
-    env: dict[str, str]  # exported by every job script (no secrets: those are sourced by path)
+    env: dict[str, str]  # exported by every job (no secrets: those are sourced by path)
     secrets_path: Path | None
     experiments_dir: Path
     workdir: Path
     tunnel: Tunnel | None = None
-
-
-@dataclass(frozen=True)
-class SbatchHeader:
-    """The #SBATCH lines of one job (rendered by sbatch_templates/base.sbatch.j2)."""
-
-    job_name: str
-    partition: str | None
-    account: str | None
-    qos: str | None
-    nodes: int
-    cpus_per_task: int
-    gpus_per_node: int
-    mem: str | None
-    time: str
-    log_pattern: str
-    workdir: str
-    extra: tuple[str, ...] = ()
-    requeue: bool = False
-    signal: str | None = None  # e.g. "B:USR1@300": warn the batch shell before the time limit
 
 
 def resolve_context(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> Context:
@@ -143,16 +80,14 @@ def _scaled_memory(mem: str | None, share: float) -> str | None:
     return f"{max(1, int(megabytes * share))}M"
 
 
-def resolve_header(ctx: Context, job_name: str, experiment_dir: Path, *, partition: str | None = None,
-                   account: str | None = None, qos: str | None = None, time_limit: str | None = None,
-                   nodes: int = 1, gpus_per_node: int | None = None, cpus: int | None = None,
-                   requeue: bool = False, signal: str | None = None) -> SbatchHeader:
+def resolve_resources(p: ClusterProfile, *, partition: str | None = None, account: str | None = None,
+                      qos: str | None = None, time_limit: str | None = None, nodes: int = 1,
+                      gpus_per_node: int | None = None, cpus: int | None = None) -> Resources:
     """Resources for one job: a given value > the profile > built-in defaults, checked against the profile.
 
     gpus_per_node None means all of a node's GPUs; 0 means a CPU job that takes the whole node, or
     `cpus` CPUs of it (with the same share of its memory).
     """
-    p = ctx.profile
     if nodes < 1:
         raise LaunchError(f"--num_nodes must be at least 1 (got {nodes})")
     if p.max_nodes is not None and nodes > p.max_nodes:
@@ -170,34 +105,62 @@ def resolve_header(ctx: Context, job_name: str, experiment_dir: Path, *, partiti
     share = gpus / p.gpus_per_node if p.gpus_per_node and gpus else 1.0
     if not gpus and cpus is not None:
         share = min(1.0, cpus / p.cpus_per_node)
-    return SbatchHeader(
-        job_name=check_job_name(job_name),
+    return Resources(
+        nodes=nodes,
+        gpus_per_node=gpus if p.gpu_request != "none" else 0,
+        cpus_per_node=max(1, int(p.cpus_per_node * share)),
+        mem=_scaled_memory(p.mem_per_node, share),
+        time_limit=format_time(seconds),
         partition=partition,
         account=account or p.account,
         qos=qos or p.qos,
-        nodes=nodes,
-        cpus_per_task=max(1, int(p.cpus_per_node * share)),
-        gpus_per_node=gpus if p.gpu_request != "none" else 0,
-        mem=_scaled_memory(p.mem_per_node, share),
-        time=format_time(seconds),
-        log_pattern=str(experiment_dir / "logs" / "%x_%j.out"),
-        workdir=str(ctx.workdir),
-        extra=tuple(p.sbatch_extra),
-        requeue=requeue,
-        signal=signal,
     )
 
 
-def render_job(template: str, ctx: Context, header: SbatchHeader, experiment_dir: Path, job_type: str,
-               extra_env: Mapping[str, str] = {}, offline: bool | None = None, **extra: object) -> str:
-    """Render one job's script on the shared skeleton with the launch's environment.
+@dataclass(frozen=True)
+class Launch:
+    """One launch: its options, shared context, job name and experiment directory; the builders' one argument."""
 
-    offline defaults to the profile (compute nodes without internet) unless --tunnel; a job on a
-    partition with internet (the sync job) passes False.
-    """
-    env = {**ctx.env, "HPC_EXPERIMENT_DIR": str(experiment_dir), **extra_env}
-    if offline is None:
-        offline = not ctx.profile.internet and ctx.tunnel is None  # a tunnel brings the internet to the job
-    return render(template, job_type=job_type, header=header, profile=ctx.profile, env=env,
-                  secrets_path=ctx.secrets_path, experiment_dir=experiment_dir, offline=offline,
-                  tunnel=ctx.tunnel, **extra)
+    opts: LaunchOptions
+    ctx: Context
+    job_name: str
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def create(cls, opts: LaunchOptions, default_name: Callable[[Context], str], environ: Mapping[str, str],
+               limits: Limits = Limits()) -> "Launch":
+        ctx = resolve_context(opts, environ)
+        return cls(opts, ctx, opts.job_name or default_name(ctx), limits)
+
+    @property
+    def profile(self) -> ClusterProfile:
+        return self.ctx.profile
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.ctx.experiments_dir / self.job_name
+
+    def user_dependencies(self) -> tuple[Dependency, ...]:
+        """--dependency, for the launch's first job(s)."""
+        return tuple(parse_dependency(self.opts.dependency)) if self.opts.dependency else ()
+
+    def resources(self, **given: object) -> Resources:
+        """resolve_resources on this launch's profile (see there for the keywords)."""
+        return resolve_resources(self.profile, **given)  # type: ignore[arg-type]
+
+    def job(self, key: str, body: Body, resources: Resources, *, job_type: str | None = None, name: str | None = None,
+            dependencies: tuple[Dependency, ...] = (), array: Array | None = None, requeue: bool = False,
+            offline: bool | None = None, extra_env: Mapping[str, str] = {}) -> Job:
+        """One job with the launch's environment prelude.
+
+        name defaults to <job name>_<key>; offline defaults to the profile (compute nodes without internet)
+        unless --tunnel brings the internet to the job; a job on a partition with internet passes False.
+        """
+        if offline is None:
+            offline = not self.profile.internet and self.ctx.tunnel is None
+        env = {**self.ctx.env, "HPC_EXPERIMENT_DIR": str(self.experiment_dir), **extra_env}
+        prelude = Prelude(env=env, secrets_path=self.ctx.secrets_path, offline=offline, tunnel=self.ctx.tunnel,
+                          workdir=self.ctx.workdir)
+        return Job(key=key, job_type=job_type or key, name=check_job_name(name or f"{self.job_name}_{key}"),
+                   resources=resources, prelude=prelude, body=body, dependencies=dependencies, array=array,
+                   requeue=requeue)

@@ -1,8 +1,7 @@
-"""Datagen settings: the CLI's datagen options and the datagen config YAML, validated together."""
+"""Datagen settings: the datagen config YAML and the datagen options, validated together."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,40 +10,13 @@ import yaml
 
 from hpc import ROOT
 from hpc.errors import LaunchError
+from hpc.options import DatagenOptions
 from hpc.profiles import profile_dirs
 
 ENGINES = ("openai", "anthropic", "vllm_local", "none")
 CONFIG_DIRS = (ROOT / "examples" / "datagen",)
 _SERVER_KEYS = {"command", "gpus", "health_timeout", "port", "time_limit"}
 _KEYS = {"engine", "model", "backend", "server", "chunk_size", "chunk_parallelism", "cpus_per_task"}
-
-
-@dataclass
-class DatagenOptions:
-    """--datagen_* and --trace_* flags; None means "not given" (the config file decides)."""
-
-    datagen_config: str | None = None
-    datagen_script: str | None = None
-    datagen_target_repo: str | None = None
-    datagen_extra_args: str | None = None
-    datagen_output_dir: str | None = None
-    enable_task_gen: bool = True
-    enable_trace_gen: bool = False
-    trace_script: str | None = None
-    trace_target_repo: str | None = None
-    trace_input_path: str | None = None
-    trace_output_dir: str | None = None
-    trace_harbor_config: str | None = None
-    trace_model: str | None = None
-    trace_agent_name: str | None = None
-    trace_agent_kwargs: str | None = None
-    trace_n_concurrent: int | None = None
-    trace_env: str | None = None
-    chunk_size: int | None = None
-    chunk_parallelism: int | None = None
-    num_chunks: int | None = None
-    server_wait_timeout: int = 1800
-    only_failed_chunks: str | None = None
 
 
 @dataclass
@@ -135,8 +107,3 @@ def _check(config: DatagenConfig, d: DatagenOptions, workdir: Path, path: Path) 
                 raise ValueError("not an object")
         except ValueError as exc:
             raise LaunchError(f"--trace_agent_kwargs is not a JSON object ({exc}); write e.g. '{{\"temperature\": 0.7}}'") from None
-
-
-def options_from(values: dict) -> DatagenOptions:
-    names = {f.name for f in dataclasses.fields(DatagenOptions)}
-    return DatagenOptions(**{k: v for k, v in values.items() if k in names and v is not None})

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from hpc import ROOT
+from hpc import data_dir
 from hpc.errors import LaunchError
 
-DOTENV_DIR = ROOT / "dotenv"
+DOTENV_DIR = data_dir("dotenv")
 SECRETS_ENV = "DC_AGENT_SECRET_ENV"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

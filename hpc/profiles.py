@@ -15,12 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from hpc import ROOT
+from hpc import data_dir
 from hpc.errors import LaunchError
 from hpc.timefmt import parse_time
 
 #: Directory of the profiles shipped with hpc-launch.
-BUILTIN_DIR = ROOT / "cluster_profiles"
+BUILTIN_DIR = data_dir("cluster_profiles")
 #: Colon-separated list of extra profile directories; their files win over the built-in ones.
 PATH_ENV = "HPC_LAUNCH_PROFILES"
 

@@ -4,83 +4,102 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from hpc.errors import LaunchError, run_reporting
-from hpc.plan import MANIFEST, read_manifest, write_json
-from hpc.slurm import JobState, array_size, query, wait
+from hpc import backends
+from hpc import manifest as manifests
+from hpc.backends import Backend, JobStatus
+from hpc.errors import LaunchError, SlurmError, run_reporting
+from hpc.manifest import JobRecord, Manifest, State
 
 
-def _arrays(manifest: dict) -> dict[str, int]:
-    """Array job id -> number of tasks, for every submitted array of the launch."""
-    return {r["slurm_job_id"]: array_size(r["array"]) for r in manifest["jobs"] if r.get("array") and r.get("slurm_job_id")}
-
-
-def _job_ids(manifest: dict) -> dict[str, str]:
-    ids = {r["key"]: r["slurm_job_id"] for r in manifest["jobs"] if r.get("slurm_job_id")}
-    if not ids:
+def _submitted(manifest: Manifest) -> list[JobRecord]:
+    jobs = manifest.submitted
+    if not jobs:
         raise LaunchError("this experiment has no submitted jobs (was it a dry run?)")
-    return ids
+    return jobs
 
 
-def _record(experiment_dir: Path, manifest: dict, states: dict[str, JobState]) -> None:
-    """Store the latest SLURM states in the manifest and print one line per job."""
-    by_key = {r["key"]: r for r in manifest["jobs"]}
-    for record in manifest["jobs"]:
-        state = states.get(record.get("slurm_job_id") or "")
-        if state:
-            record.update(state=state.state, exit_code=state.exit_code, elapsed=state.elapsed)
-        failed = [d["job"] for d in record["dependencies"] if d.get("job") and d["kind"] == "afterok"
-                  and by_key[d["job"]]["state"] not in ("COMPLETED", "PENDING", "RUNNING", "submitted")]
-        if failed and record["state"] in ("CANCELLED", "PENDING"):
-            record["reason"] = f"not run: {failed[0]} ended {by_key[failed[0]]['state']}"
-        print(f"  {record['key']:<12} {record.get('slurm_job_id') or '-':>10}  {record['state']:<12} "
-              f"{record.get('exit_code', '')} {record.get('elapsed', '')} {record.get('reason', '')}".rstrip())
-    write_json(experiment_dir / MANIFEST, manifest)
+def _record(manifest: Manifest, states: dict[str, JobStatus]) -> None:
+    """Store the latest states in the manifest and print one line per job."""
+    for record in manifest.jobs:
+        status = states.get(record.job_id or "")
+        if status:
+            record.state, record.backend_state = status.state, status.backend_state
+            record.exit_code, record.elapsed = status.exit_code, status.elapsed
+        failed = [d["job"] for d in record.dependencies if d.get("job") and d["kind"] == "afterok"
+                  and manifest.job(d["job"]).state not in (State.COMPLETED, State.PENDING, State.RUNNING)]
+        if failed and record.state in (State.CANCELLED, State.PENDING):
+            record.reason = f"not run: {failed[0]} ended {manifest.job(failed[0]).state}"
+        print(f"  {record.key:<12} {record.job_id or '-':>10}  {record.state:<12} "
+              f"{record.exit_code or ''} {record.elapsed or ''} {record.reason or ''}".rstrip())
+    manifest.write()
 
 
-def log_path(experiment_dir: Path, record: dict) -> Path:
-    """Where SLURM writes a job's output (%x_%j.out; for arrays %x_%A_%a.out: the newest task's log)."""
-    if record.get("array"):
-        logs = sorted((experiment_dir / "logs").glob(f"{record['name']}_{record['slurm_job_id']}_*.out"),
-                      key=lambda p: p.stat().st_mtime)
-        return logs[-1] if logs else experiment_dir / "logs" / "missing"
-    return experiment_dir / "logs" / f"{record['name']}_{record['slurm_job_id']}.out"
-
-
-def ended_well(record: dict) -> bool:
+def ended_well(record: JobRecord) -> bool:
     """COMPLETED, or an inference server that the launch's cleanup job cancelled when the work was done."""
-    return record["state"] == "COMPLETED" or (record["job_type"] == "server" and record["state"] == "CANCELLED")
+    return record.state == State.COMPLETED or (record.job_type == "server" and record.state == State.CANCELLED)
 
 
-def _print_log_tails(experiment_dir: Path, manifest: dict) -> None:
+def _print_log_tails(backend: Backend, experiment_dir: Path, manifest: Manifest) -> None:
     """The end of each job's log: the result on success, the reason on failure."""
-    for record in manifest["jobs"]:
-        path = log_path(experiment_dir, record)
-        if not record.get("slurm_job_id") or not path.exists():
+    for record in manifest.submitted:
+        path = backend.log_path(experiment_dir, record)
+        if not path.exists():
             continue
         lines = path.read_text(errors="replace").splitlines()[-(8 if ended_well(record) else 30):]
-        print(f"--- {record['key']}: last lines of {path}")
+        print(f"--- {record.key}: last lines of {path}")
         print("\n".join(lines))
+
+
+def wait(backend: Backend, jobs: list[JobRecord], timeout: float | None = None, first_poll: float = 2.0,
+         max_poll: float = 60.0, on_change: Callable[[dict[str, JobStatus]], None] | None = None) -> dict[str, JobStatus]:
+    """Poll (one batched query each time) until every job has ended, backing off from first_poll to max_poll s."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    interval = first_poll
+    last: dict[str, JobStatus] = {}
+    ids = [j.job_id or "" for j in jobs]
+    while True:
+        states = backend.query(jobs)
+        if on_change and states != last:
+            on_change(states)
+        last = states
+        if all(j in states and states[j].state.done for j in ids):
+            return states
+        if deadline is not None and time.monotonic() > deadline:
+            raise SlurmError(f"jobs {', '.join(ids)} not finished after {timeout:.0f} s")
+        time.sleep(interval)
+        interval = min(max_poll, interval * 1.5)
 
 
 def wait_and_report(experiment_dir: Path, first_poll: float = 2.0) -> int:
     """Wait for every job of the launch; 0 when all COMPLETED, 1 otherwise."""
-    manifest = read_manifest(experiment_dir)
-    ids = _job_ids(manifest)
-    shown: dict[str, str] = {}
+    manifest = manifests.read(experiment_dir)
+    backend = backends.get(manifest.backend)
+    jobs = _submitted(manifest)
+    shown: dict[str, State] = {}
 
-    def show_changes(states: dict[str, JobState]) -> None:
-        for key, job_id in ids.items():
-            state = states.get(job_id)
-            if state and shown.get(key) != state.state:
-                shown[key] = state.state
-                print(f"  {key}: {state.state}", flush=True)
+    def show_changes(states: dict[str, JobStatus]) -> None:
+        for record in jobs:
+            status = states.get(record.job_id or "")
+            if status and shown.get(record.key) != status.state:
+                shown[record.key] = status.state
+                print(f"  {record.key}: {status.state}", flush=True)
 
-    states = wait(list(ids.values()), first_poll=first_poll, on_change=show_changes, arrays=_arrays(manifest))
-    _record(experiment_dir, manifest, states)
-    _print_log_tails(experiment_dir, manifest)
-    return 0 if all(ended_well(r) for r in manifest["jobs"] if r.get("slurm_job_id")) else 1
+    states = wait(backend, jobs, first_poll=first_poll, on_change=show_changes)
+    _record(manifest, states)
+    _print_log_tails(backend, experiment_dir, manifest)
+    return 0 if all(ended_well(r) for r in manifest.submitted) else 1
+
+
+def show(experiment_dir: Path, wait_for_end: bool) -> int:
+    if wait_for_end:
+        return wait_and_report(experiment_dir)
+    manifest = manifests.read(experiment_dir)
+    _record(manifest, backends.get(manifest.backend).query(_submitted(manifest)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,14 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", action="store_true", help="wait until every job has ended")
     args = p.parse_args(argv)
     return run_reporting("hpc.status", lambda: show(args.experiment_dir, args.wait))
-
-
-def show(experiment_dir: Path, wait_for_end: bool) -> int:
-    if wait_for_end:
-        return wait_and_report(experiment_dir)
-    manifest = read_manifest(experiment_dir)
-    _record(experiment_dir, manifest, query(list(_job_ids(manifest).values()), _arrays(manifest)))
-    return 0
 
 
 if __name__ == "__main__":

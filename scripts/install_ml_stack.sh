@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the lean CPU ML stack (torch, HF libs, DeepSpeed, LLaMA-Factory) into a virtualenv.
+# Install the lean CPU ML stack (torch, HF libs, DeepSpeed, LLaMA-Factory, lm-eval) into a virtualenv.
 #
 # Usage: scripts/install_ml_stack.sh VENV_DIR
 #
@@ -20,6 +20,9 @@ TORCHDATA_VERSION=0.11.0
 DEEPSPEED_VERSION=0.19.8
 LLAMAFACTORY_VERSION=0.9.5
 TORCHAUDIO_VERSION=2.11.0
+# lm-evaluation-harness: core install only (no [hf] extra: torch/transformers/accelerate/peft
+# are pinned above; no [vllm] extra: GPU-only, installed on the cluster side if wanted).
+LM_EVAL_VERSION=0.4.13
 
 log() { printf '[install_ml_stack] %s\n' "$*"; }
 die() { printf '[install_ml_stack] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -45,10 +48,11 @@ check_stack() {
 import importlib.util, sys
 import torch, torchaudio, transformers, datasets, accelerate, peft, trl, deepspeed
 import llamafactory, llamafactory.data.mm_plugin  # mm_plugin imports torchaudio unconditionally
+import lm_eval, lm_eval.models.huggingface  # the hf backend lm_eval --model hf uses
 want = {"torch": "$TORCH_VERSION", "transformers": "$TRANSFORMERS_VERSION",
         "datasets": "$DATASETS_VERSION", "accelerate": "$ACCELERATE_VERSION",
         "peft": "$PEFT_VERSION", "trl": "$TRL_VERSION", "deepspeed": "$DEEPSPEED_VERSION",
-        "llamafactory": "$LLAMAFACTORY_VERSION"}
+        "llamafactory": "$LLAMAFACTORY_VERSION", "lm_eval": "$LM_EVAL_VERSION"}
 bad = [f"{m}=={sys.modules[m].__version__} (want {v})" for m, v in want.items()
        if sys.modules[m].__version__.split("+")[0] != v]
 if torch.version.cuda is not None:
@@ -58,7 +62,8 @@ if importlib.util.find_spec("torchvision") is not None:
 if bad:
     sys.exit("mismatch: " + "; ".join(bad))
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-      f"deepspeed {deepspeed.__version__}, llamafactory {llamafactory.__version__}")
+      f"deepspeed {deepspeed.__version__}, llamafactory {llamafactory.__version__}, "
+      f"lm_eval {lm_eval.__version__}")
 EOF
 }
 
@@ -74,7 +79,7 @@ log "not ready ($(tail -n 1 "$CHECK_ERR")); installing"
 
 PIP=("$PY" -m pip install --no-input --progress-bar off)
 
-log "step 1/3: torch==$TORCH_VERSION (CPU), HF libraries, deepspeed==$DEEPSPEED_VERSION"
+log "step 1/3: torch==$TORCH_VERSION (CPU), HF libraries, deepspeed==$DEEPSPEED_VERSION, lm-eval==$LM_EVAL_VERSION"
 DS_BUILD_OPS=0 "${PIP[@]}" \
     "torch==$TORCH_VERSION" \
     "transformers==$TRANSFORMERS_VERSION" \
@@ -84,8 +89,9 @@ DS_BUILD_OPS=0 "${PIP[@]}" \
     "trl==$TRL_VERSION" \
     "torchdata==$TORCHDATA_VERSION" \
     "deepspeed==$DEEPSPEED_VERSION" \
+    "lm-eval==$LM_EVAL_VERSION" \
     omegaconf pyyaml \
-    || die "pip install of torch/HF/deepspeed failed"
+    || die "pip install of torch/HF/deepspeed/lm-eval failed"
 
 log "step 2/3: llamafactory==$LLAMAFACTORY_VERSION and torchaudio==$TORCHAUDIO_VERSION (--no-deps)"
 "${PIP[@]}" --no-deps "llamafactory==$LLAMAFACTORY_VERSION" "torchaudio==$TORCHAUDIO_VERSION" \

@@ -45,6 +45,15 @@ if [[ ! -x $HPC_VENV/bin/python ]]; then
 fi
 log "installing hpc-launch (editable) with its test and registry extras into $HPC_VENV"
 "$HPC_VENV/bin/pip" install -q -e ".[test,registry]"
+# Wheels of the runtime and [test] dependencies: the packaging test installs the built package into a fresh
+# venv from here, without an index.
+WHEELHOUSE=${HPC_WHEELHOUSE:-$(dirname "$HPC_VENV")/wheelhouse}
+if [[ ! -f $WHEELHOUSE/.complete ]]; then
+  log "wheelhouse $WHEELHOUSE"
+  "$HPC_VENV/bin/pip" download -q -d "$WHEELHOUSE" "jinja2>=3.1" "python-dotenv>=1.0" "pyyaml>=6.0" \
+    "huggingface_hub>=0.25" "pytest>=8" "psycopg[binary]>=3.1" setuptools
+  touch "$WHEELHOUSE/.complete"
+fi
 
 if (( WITH_ML )); then
   log "ML stack"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,20 @@ import pytest
 import yaml
 
 from helpers import TRAIN_YAML, local_profile_data
+
+
+def _registry_extra_installed() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("supabase", "wandb"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `registry` need the [registry] extra (supabase, wandb): without it they skip, saying so."""
+    if _registry_extra_installed():
+        return
+    skip = pytest.mark.skip(reason="needs the [registry] extra: pip install 'hpc-launch[registry]'")
+    for item in items:
+        if "registry" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

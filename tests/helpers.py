@@ -82,3 +82,24 @@ def run_python_without_network(code: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter (cwd: the repo root) in which every socket connect and name lookup
     exits with "network call during dry run: ..." (NO_NETWORK_GUARD runs first)."""
     return subprocess.run([sys.executable, "-c", NO_NETWORK_GUARD + code], capture_output=True, text=True, cwd=ROOT)
+
+
+def materialized(plan):
+    """What the SLURM backend makes of a plan (scripts, submit commands), as a dry run would."""
+    from hpc.backends.slurm import Backend
+
+    return Backend().materialize(plan)
+
+
+def script(plan, key: str) -> str:
+    """The rendered sbatch script of one job of a plan."""
+    m = materialized(plan)
+    return m.files[m.scripts[key]]
+
+
+def planned_manifest(plan, dry_run: bool = True) -> dict:
+    """The manifest a launch of `plan` writes first, as JSON data."""
+    from hpc.manifest import Manifest
+
+    m = materialized(plan)
+    return json.loads(Manifest.for_plan(plan, "slurm", m.scripts, m.arrays, dry_run).to_json())

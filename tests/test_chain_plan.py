@@ -4,18 +4,18 @@ import json
 
 import pytest
 
+from helpers import materialized, planned_manifest, script
 from hpc import ROOT
-from hpc.context import LaunchOptions
+from hpc.backends.slurm.commands import sbatch_argv
 from hpc.errors import LaunchError
 from hpc.jobs import consolidate, train
-from hpc.plan import manifest_record
-from hpc.slurm import sbatch_argv
+from hpc.options import LaunchOptions
 
 
 def _opts(train_yaml, tmp_path, **kw) -> LaunchOptions:
     """Train with ZeRO-3 (the shipped DeepSpeed config) so that --consolidate applies."""
     base = dict(cluster="local", train_config_path=str(train_yaml), experiments_dir=str(tmp_path / "exp"),
-                job_name="chain", train_overrides={"deepspeed": str(ROOT / "examples/train/ds_z3.json")})
+                job_name="chain", deepspeed=str(ROOT / "examples/train/ds_z3.json"))
     return LaunchOptions(**{**base, **kw})
 
 
@@ -31,16 +31,17 @@ def test_train_consolidate_eval_is_a_chain_of_afterok(train_yaml, tmp_path):
     plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, eval_tasks="build/tiny/data/tiny_eval.json"))
     assert [j.key for j in plan.jobs] == ["train", "consolidate", "eval"]
     assert [j.name for j in plan.jobs] == ["chain", "chain_consolidate", "chain_eval"]
-    record = manifest_record(plan, dry_run=True)
+    record = planned_manifest(plan)
     assert [r["dependencies"] for r in record["jobs"]] == [
         [], [{"kind": "afterok", "job": "train"}], [{"kind": "afterok", "job": "consolidate"}]]
     ids = {"train": "10", "consolidate": "11"}
-    argvs = [sbatch_argv(plan.experiment_dir / j.script_path, j.dependencies, ids) for j in plan.jobs]
+    scripts = materialized(plan).scripts
+    argvs = [sbatch_argv(plan.experiment_dir / scripts[j.key], j.dependencies, ids) for j in plan.jobs]
     assert [a[2] if len(a) == 4 else None for a in argvs] == [None, "--dependency=afterok:10", "--dependency=afterok:11"]
     output_dir = "/tmp/hpc-launch/checkpoints/chain"
-    consolidate_script = plan.job("consolidate").script
+    consolidate_script = script(plan, "consolidate")
     assert f"--input {output_dir} --output {output_dir}-consolidated --dtype fp32" in consolidate_script
-    eval_script = plan.job("eval").script
+    eval_script = script(plan, "eval")
     assert f"--model {output_dir}-consolidated" in eval_script  # eval reads what consolidate wrote
     assert f"--output {plan.experiment_dir}/eval/results.json" in eval_script
     assert "sbatch/consolidate.py" in plan.files and "sbatch/lf_train.py" in plan.files
@@ -50,31 +51,32 @@ def test_eval_right_after_train_reads_the_train_output(train_yaml, tmp_path):
     plan = train.build_plan(_opts(train_yaml, tmp_path, eval_tasks="data.json"))
     assert [j.key for j in plan.jobs] == ["train", "eval"]
     assert plan.job("eval").dependencies[0].job == "train"
-    assert "--model /tmp/hpc-launch/checkpoints/chain " in plan.job("eval").script
+    assert "--model /tmp/hpc-launch/checkpoints/chain " in script(plan, "eval")
 
 
 def test_user_dependency_applies_to_the_first_job_only(train_yaml, tmp_path):
     plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, dependency="afterany:77"))
-    assert [(d.kind, d.slurm_job_id, d.job) for d in plan.job("train").dependencies] == [("afterany", "77", None)]
+    assert [(d.kind, d.external, d.job) for d in plan.job("train").dependencies] == [("afterany", "77", None)]
     assert [(d.kind, d.job) for d in plan.job("consolidate").dependencies] == [("afterok", "train")]
 
 
 def test_requeue_and_signal_only_for_train(train_yaml, tmp_path):
     plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, eval_tasks="d.json"))
-    script = plan.job("train").script
-    assert "#SBATCH --requeue\n" in script and "#SBATCH --signal=B:USR1@120\n" in script
-    assert "max_restarts=3\n" in script
+    train_script = script(plan, "train")
+    assert "#SBATCH --requeue\n" in train_script and "#SBATCH --signal=B:USR1@120\n" in train_script
+    assert "max_restarts=3\n" in train_script
     for key in ("consolidate", "eval"):
-        assert "#SBATCH --no-requeue\n" in plan.job(key).script and "--signal" not in plan.job(key).script
-    no_restarts = train.build_plan(_opts(train_yaml, tmp_path, max_restarts=0)).job("train").script
+        assert "#SBATCH --no-requeue\n" in script(plan, key) and "--signal" not in script(plan, key)
+    no_restarts = script(train.build_plan(_opts(train_yaml, tmp_path, max_restarts=0)), "train")
     assert "#SBATCH --no-requeue\n" in no_restarts and "max_restarts=0\n" in no_restarts
     for job in plan.jobs:
-        assert "#SBATCH --kill-on-invalid-dep=yes\n" in job.script and "#SBATCH --open-mode=append\n" in job.script
+        text = script(plan, job.key)
+        assert "#SBATCH --kill-on-invalid-dep=yes\n" in text and "#SBATCH --open-mode=append\n" in text
 
 
 def test_consolidate_takes_a_whole_node_without_gpus(train_yaml, tmp_path):
-    script = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, gpus_per_node=1)).job("consolidate").script
-    assert "--gres" not in script and "#SBATCH --cpus-per-task=4\n" in script and "#SBATCH --mem=7500M\n" in script
+    text = script(train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, gpus_per_node=1)), "consolidate")
+    assert "--gres" not in text and "#SBATCH --cpus-per-task=4\n" in text and "#SBATCH --mem=7500M\n" in text
 
 
 def test_standalone_consolidate_of_a_local_checkpoint(tmp_path):
@@ -83,7 +85,7 @@ def test_standalone_consolidate_of_a_local_checkpoint(tmp_path):
                                                 consolidate_output_dir=str(tmp_path / "merged"), dtype="bf16",
                                                 experiments_dir=str(tmp_path / "exp"), job_name="c1"))
     assert [j.key for j in plan.jobs] == ["consolidate"]
-    assert f"--input {out} --output {tmp_path}/merged --dtype bf16" in plan.jobs[0].script
+    assert f"--input {out} --output {tmp_path}/merged --dtype bf16" in script(plan, plan.jobs[0].key)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,7 @@ def test_non_empty_output_needs_overwrite(train_yaml, tmp_path):
         train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, consolidate_output_dir=str(merged)))
     plan = train.build_plan(_opts(train_yaml, tmp_path, consolidate=True, consolidate_output_dir=str(merged),
                                   overwrite=True))
-    assert "--overwrite" in plan.job("consolidate").script
+    assert "--overwrite" in script(plan, "consolidate")
 
 
 @pytest.mark.parametrize(
@@ -128,7 +130,7 @@ def test_non_empty_output_needs_overwrite(train_yaml, tmp_path):
         ({"consolidate": True, "consolidate_output_repo": "bad repo"}, "is not a Hugging Face repo id"),
         ({"eval_tasks": "mmlu", "cluster": "jureca"}, "the jureca profile has no eval_command"),
         ({"max_restarts": -1}, "--max_restarts must be 0 or more"),
-        ({"consolidate": True, "train_overrides": {}}, "the train config has no 'deepspeed' key"),
+        ({"consolidate": True, "deepspeed": None}, "the train config has no 'deepspeed' key"),
         ({"time_limit": "00:03:00"}, "leaves no time to train: local warns 120 s before the limit"),
         ({"eval_tasks": "d.json", "eval_num_nodes": 0}, "--num_nodes must be at least 1"),
     ],
@@ -150,7 +152,7 @@ def test_offline_upload_is_deferred_to_hpc_sync(train_yaml, tmp_path, capsys):
     deferred = json.loads(plan.files["configs/deferred.json"])
     assert deferred == {"uploads": [{"folder": "/tmp/hpc-launch/checkpoints/chain-consolidated", "repo": "org/x",
                                      "private": True, "ignore": [".consolidate-*"]}]}
-    assert "--output_repo" not in plan.job("consolidate").script  # the compute node never tries
+    assert "--output_repo" not in script(plan, "consolidate")  # the compute node never tries
     assert [j.key for j in plan.jobs] == ["train", "consolidate"]
     assert any(f"python -m hpc.sync {plan.experiment_dir}" in note for note in plan.notes)
     assert "sbatch/sync.py" in plan.files
@@ -163,9 +165,10 @@ def test_deferred_uploads_become_a_sync_job_on_an_internet_partition(train_yaml,
     assert [j.key for j in plan.jobs] == ["train", "consolidate", "eval", "sync"]
     sync = plan.job("sync")
     assert [(d.kind, d.job) for d in sync.dependencies] == [("afterok", "eval")]
-    assert "#SBATCH --partition=cpu\n" in sync.script and "HF_HUB_OFFLINE" not in sync.script
-    assert f"sbatch/sync.py {plan.experiment_dir}" in sync.script
-    assert "HF_HUB_OFFLINE=1" in plan.job("train").script
+    sync_script = script(plan, "sync")
+    assert "#SBATCH --partition=cpu\n" in sync_script and "HF_HUB_OFFLINE" not in sync_script
+    assert f"sbatch/sync.py {plan.experiment_dir}" in sync_script
+    assert "HF_HUB_OFFLINE=1" in script(plan, "train")
 
 
 def test_offline_hub_input_is_prefetched_and_a_dry_run_fetches_nothing(tmp_path, capsys):
@@ -173,4 +176,4 @@ def test_offline_hub_input_is_prefetched_and_a_dry_run_fetches_nothing(tmp_path,
                          experiments_dir=str(tmp_path / "exp"), consolidate_output_dir=str(tmp_path / "m"))
     plan = consolidate.build_plan(opts)
     assert "would fetch model org/model (--consolidate_input)" in capsys.readouterr().out
-    assert "--input '<model:org/model>'" in plan.jobs[0].script
+    assert "--input '<model:org/model>'" in script(plan, plan.jobs[0].key)

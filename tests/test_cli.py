@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from hpc import ROOT
+from hpc import ROOT, __version__
 
 from helpers import run_cli, run_python_without_network
 
@@ -62,7 +62,9 @@ def test_malformed_yaml(tmp_path, fake_slurm):
     [
         (["--time_limit", "soon"], "is not a SLURM time"),
         (["--num_nodes", "0"], "--num_nodes must be at least 1"),
-        (["--num_nodes", "two"], "argument --num_nodes/--num-nodes: invalid int value"),
+        (["--num_nodes", "two"], "argument --num_nodes: invalid int value"),
+        (["--num-nodes", "two"], "argument --num-nodes: invalid int value"),
+        (["--dry"], "unrecognized arguments: --dry"),  # no abbreviations
         (["--gpus_per_node", "8"], "--gpus_per_node 8 is not possible on local"),
         (["--time_limit", "2-00:00:00"], "exceeds the 12:00:00 limit of partition gpu on local"),
         (["--job_type", "rl"], "argument --job_type/--job-type: invalid choice"),
@@ -123,11 +125,30 @@ print("exit", code, "heavy", sorted(heavy))
 
 def test_help_imports_no_heavy_library():
     result = run_cli("--help")
-    assert result.returncode == 0 and "--train_config_path" in result.stdout and "--dry-run" in result.stdout
+    assert result.returncode == 0 and "--train_config_path" in result.stdout and "--dry_run" in result.stdout
+    assert "--dry-run" not in result.stdout and "--train-config-path" not in result.stdout  # accepted, not listed
     code = ("import sys, hpc.launch; hpc.launch.parser(); "
             "print(sorted(m for m in ('wandb', 'supabase', 'huggingface_hub', 'torch', 'sky') if m in sys.modules))")
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"hpc-launch {__version__}"
+
+
+def test_dashed_spellings_are_still_accepted():
+    from hpc.launch import options_from_args, parser
+
+    opts = options_from_args(parser().parse_args(
+        ["--job-type", "datagen", "--job-name", "x", "--dry-run", "--train-config-path", "t.yaml", "--max-steps", "9",
+         "--no-enable-task-gen", "--enable-trace-gen"]))
+    assert (opts.job_type, opts.job_name, opts.dry_run, opts.train_config_path) == ("datagen", "x", True, "t.yaml")
+    assert opts.train_overrides == {"max_steps": 9}
+    assert opts.enable_task_gen is False and opts.enable_trace_gen is True
+    assert options_from_args(parser().parse_args(["--job_name", "x"])) == options_from_args(
+        parser().parse_args(["--job-name", "x"]))
 
 
 def test_unknown_dataset_is_caught_before_anything_is_written(tmp_path, fake_slurm):

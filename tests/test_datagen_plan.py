@@ -6,13 +6,14 @@ import subprocess
 import pytest
 import yaml
 
-from hpc.context import LaunchOptions
-from hpc.datagen_config import DatagenOptions
+from helpers import materialized, planned_manifest, script
+from hpc.backends.slurm.commands import sbatch_argv
+from hpc.backends.slurm.script import shell_words
+from hpc.context import Limits
 from hpc.errors import LaunchError
-from hpc.jobs.datagen import build_plan, shell_words
+from hpc.jobs.datagen import build_plan
 from hpc.jobside.datagen import chunk_bounds, task_list
-from hpc.plan import manifest_record
-from hpc.slurm import sbatch_argv
+from hpc.options import LaunchOptions
 
 SERVER = ["python", "{hpc_root}/examples/datagen/serve_tiny.py", "--model", "{model}", "--port", "{port}"]
 
@@ -34,41 +35,44 @@ def _opts(tmp_path, cluster="local", **datagen) -> LaunchOptions:
     base = dict(datagen_config="dg.yaml", datagen_script="gen.py", enable_trace_gen=True,
                 trace_target_repo="org/traces", num_chunks=5)
     return LaunchOptions(job_type="datagen", cluster=cluster, experiments_dir=str(tmp_path / "exp"), job_name="dg",
-                         datagen=DatagenOptions(**{**base, **datagen}))
+                         **{**base, **datagen})
 
 
 def test_server_tasks_array_and_cleanup(setup, user_profiles):
     user_profiles("online", internet=True)
     plan = build_plan(_opts(setup, cluster="online"))
     assert [j.key for j in plan.jobs] == ["server", "tasks", "traces", "cleanup"]
-    record = manifest_record(plan, dry_run=True)["jobs"]
+    record = planned_manifest(plan)["jobs"]
     assert record[1]["dependencies"] == [{"kind": "after", "job": "server"}]
     assert record[2]["dependencies"] == [{"kind": "afterok", "job": "tasks"}, {"kind": "after", "job": "server"}]
     assert record[3]["dependencies"] == [{"kind": "afterany", "job": "tasks"}, {"kind": "afterany", "job": "traces"}]
     traces = plan.job("traces")
-    assert traces.array == "0-4%2" and record[2]["array"] == "0-4%2"
-    argv = sbatch_argv(plan.experiment_dir / traces.script_path, traces.dependencies, {"tasks": "7", "server": "6"},
-                       traces.array)
+    m = materialized(plan)
+    assert m.arrays["traces"] == "0-4%2" and record[2]["array"] == "0-4%2"
+    argv = sbatch_argv(plan.experiment_dir / m.scripts["traces"], traces.dependencies, {"tasks": "7", "server": "6"},
+                       m.arrays["traces"])
     assert argv[:4] == ["sbatch", "--parsable", "--array=0-4%2", "--dependency=afterok:7,after:6"]
-    assert '--target-repo org/traces"-chunk${chunk_id}"' in traces.script
-    assert "--num-chunks 5" in traces.script and "%x_%A_%a.out" in traces.script
-    assert "scancel --name dg_server --me" in plan.job("cleanup").script
-    assert '--port "$port"' in plan.job("server").script
+    traces_script = script(plan, "traces")
+    assert '--target-repo org/traces"-chunk${chunk_id}"' in traces_script
+    assert "--num-chunks 5" in traces_script and "%x_%A_%a.out" in traces_script
+    assert "scancel --name dg_server --me" in script(plan, "cleanup")
+    assert '--port "$port"' in script(plan, "server")
     for job in plan.jobs:
-        assert subprocess.run(["bash", "-n"], input=job.script, text=True).returncode == 0, job.key
+        assert subprocess.run(["bash", "-n"], input=script(plan, job.key), text=True).returncode == 0, job.key
 
 
 def test_thousand_chunks_are_one_array(setup):
     plan = build_plan(_opts(setup, num_chunks=1000, chunk_parallelism=8))
     traces = [j for j in plan.jobs if j.job_type == "traces"]
-    assert len(traces) == 1 and traces[0].array == "0-999%8"
+    assert len(traces) == 1 and materialized(plan).arrays[traces[0].key] == "0-999%8"
 
 
 def test_above_max_array_size_several_arrays_run_one_after_another(setup):
-    plan = build_plan(_opts(setup, num_chunks=1000), max_array_size=401)
+    plan = build_plan(_opts(setup, num_chunks=1000), limits=Limits(max_array_size=401))
     traces = [j for j in plan.jobs if j.job_type == "traces"]
-    assert [j.array for j in traces] == ["0-399%2", "0-399%2", "0-199%2"]
-    assert [("chunk=$((" + str(o)) in j.script for j, o in zip(traces, (0, 400, 800))] == [True] * 3
+    arrays = materialized(plan).arrays
+    assert [arrays[j.key] for j in traces] == ["0-399%2", "0-399%2", "0-199%2"]
+    assert [("chunk=$((" + str(o)) in script(plan, j.key) for j, o in zip(traces, (0, 400, 800))] == [True] * 3
     assert traces[1].dependencies[0].job == "traces_0" and traces[2].dependencies[0].kind == "afterany"
 
 
@@ -76,13 +80,13 @@ def test_existing_tasks_make_chunks_at_launch(setup):
     plan = build_plan(_opts(setup, enable_task_gen=False, trace_input_path="tasks", num_chunks=None,
                             datagen_script=None, trace_script="gen.py"))
     assert [j.key for j in plan.jobs] == ["server", "traces", "cleanup"]
-    assert plan.job("traces").array == "0-2%2"  # 10 tasks, 4 per chunk
+    assert materialized(plan).arrays["traces"] == "0-2%2"  # 10 tasks, 4 per chunk
     assert json.loads(plan.files["configs/datagen.json"])["num_chunks"] == 3
 
 
 def test_offline_cluster_defers_uploads_per_chunk(setup):
     plan = build_plan(_opts(setup, datagen_target_repo="org/tasks"))
-    assert "--target-repo" not in plan.job("traces").script and "--target-repo" not in plan.job("tasks").script
+    assert "--target-repo" not in script(plan, "traces") and "--target-repo" not in script(plan, "tasks")
     uploads = json.loads(plan.files["configs/deferred.json"])["uploads"]
     assert [u["repo"] for u in uploads] == ["org/tasks"] + [f"org/traces-chunk{i:03d}" for i in range(5)]
     assert {u["repo_type"] for u in uploads} == {"dataset"}
@@ -98,10 +102,10 @@ def test_only_failed_chunks_resubmits_the_rest(setup):
     for i in (0, 2, 3):
         (old / "chunks" / f"chunk_{i:03d}.done").touch()
     retry = build_plan(LaunchOptions(job_type="datagen", cluster="local", experiments_dir=str(setup / "exp"),
-                                     job_name="dg_retry", datagen=DatagenOptions(only_failed_chunks=str(old))))
+                                     job_name="dg_retry", only_failed_chunks=str(old)))
     assert [j.key for j in retry.jobs] == ["server", "traces", "cleanup"]
-    assert retry.job("traces").array == "1,4%2"
-    assert f"--output-dir {old}/outputs/traces/" in retry.job("traces").script  # same outputs as the first launch
+    assert materialized(retry).arrays["traces"] == "1,4%2"
+    assert f"--output-dir {old}/outputs/traces/" in script(retry, "traces")  # same outputs as the first launch
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_sent(capsys, postgrest, wan
     assert postgrest.requests == [] and wandb_api.requests == []
 
 
+@pytest.mark.registry
 def test_missing_keys_are_named_and_nothing_is_sent(capsys, postgrest, wandb_api, monkeypatch):
     monkeypatch.setenv("SUPABASE_URL", postgrest.url)
     code, _, err = main(capsys, *FLAGS, "--wandb-run", "my-team/proj/abc123")
@@ -174,6 +175,7 @@ def test_bad_run_summary(capsys, tmp_path, content, message):
     assert message in one_line_error(code, err)
 
 
+@pytest.mark.registry
 def test_manual_db_push_script_runs_from_the_repo_root_and_elsewhere(tmp_path):
     for cwd in (ROOT, tmp_path):
         proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "manual_db_push.py"), *FLAGS, "--dry-run"],

@@ -16,7 +16,7 @@ from hpc import registry
 from postgrest_standin import CANARY_KEY, PostgrestStandIn
 from registry_helpers import FLAGS, main, one_line_error, summary_file
 
-pytestmark = pytest.mark.usefixtures("no_real_registry_services")
+pytestmark = [pytest.mark.usefixtures("no_real_registry_services"), pytest.mark.registry]
 
 
 # --- the PostgREST contract (supabase-py against the loopback stand-in) ------------------------------------------

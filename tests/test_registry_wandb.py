@@ -11,7 +11,7 @@ import pytest
 from helpers import run_cli
 from registry_helpers import FLAGS, summary_file
 
-pytestmark = pytest.mark.usefixtures("no_real_registry_services")
+pytestmark = [pytest.mark.usefixtures("no_real_registry_services"), pytest.mark.registry]
 
 
 # --- W&B metadata through wandb.Api (a separate process: wandb starts its wandb-core helper) --------------------

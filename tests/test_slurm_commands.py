@@ -1,9 +1,10 @@
-"""Command builders and parsers of hpc.slurm: pure functions, no SLURM needed."""
+"""Command builders and parsers of the SLURM backend (hpc.backends.slurm.commands): pure functions, no SLURM needed."""
 
 from pathlib import Path
 
-from hpc.plan import Dependency
-from hpc.slurm import array_size, combine, dependency_option, parse_sacct, parse_squeue, sacct_argv, sbatch_argv, submit_env
+from hpc.backends.slurm.commands import (array_size, combine, dependency_option, parse_sacct, parse_squeue, sacct_argv,
+                                         sbatch_argv, submit_env)
+from hpc.spec import Dependency
 
 
 def test_sbatch_argv_is_a_list_with_parsable():
@@ -11,8 +12,8 @@ def test_sbatch_argv_is_a_list_with_parsable():
 
 
 def test_dependencies_group_by_kind_and_resolve_launch_jobs():
-    deps = [Dependency("afterok", job="train"), Dependency("afterok", slurm_job_id="7"),
-            Dependency("afterany", slurm_job_id="9")]
+    deps = [Dependency("afterok", job="train"), Dependency("afterok", external="7"),
+            Dependency("afterany", external="9")]
     assert dependency_option(deps, {"train": "100"}) == "--dependency=afterok:100:7,afterany:9"
     assert dependency_option([], {}) is None
     argv = sbatch_argv(Path("/e/x.sbatch"), deps, {"train": "100"})

@@ -3,7 +3,10 @@
 import json
 import os
 
+from hpc import ROOT
 from hpc.jobside.sync import run
+
+from helpers import run_cli
 
 
 def _experiment(tmp_path, deferred: dict):
@@ -41,3 +44,48 @@ def test_failures_are_reported_and_retried_next_time(tmp_path, capsys):
 
 def test_nothing_deferred(tmp_path, capsys):
     assert run(tmp_path) == 0 and "nothing deferred" in capsys.readouterr().out
+
+
+def _launch_and_sync(tmp_path, fake_hub, *args):
+    """A dry-run launch on the offline local profile (uploads deferred), then `python -m hpc.sync` on it."""
+    dotenv = tmp_path / "local.env"
+    dotenv.write_text((ROOT / "hpc" / "dotenv" / "local.env").read_text() + f"HF_ENDPOINT={fake_hub.url}\n")
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("HF_TOKEN=hf_sync_token\n")
+    secrets.chmod(0o600)
+    launch = run_cli("--cluster", "local", "--dotenv", str(dotenv), "--secrets_env", str(secrets), "--dry_run",
+                     "--experiments_dir", str(tmp_path / "exp"), "--job_name", "s", *args, cwd=tmp_path)
+    assert launch.returncode == 0, launch.stderr
+    assert f"python -m hpc.sync {tmp_path / 'exp' / 's'}" in launch.stdout
+    return tmp_path / "exp" / "s"
+
+
+def test_hpc_sync_uploads_what_a_datagen_launch_deferred(tmp_path, fake_hub):
+    (tmp_path / "gen.py").write_text("")
+    (tmp_path / "dg.yaml").write_text("engine: none\nmodel: m\n")
+    exp = _launch_and_sync(tmp_path, fake_hub, "--job_type", "datagen", "--datagen_config", str(tmp_path / "dg.yaml"),
+                           "--datagen_script", "gen.py", "--datagen_target_repo", "org/tasks", "--enable_trace_gen",
+                           "--trace_target_repo", "org/traces", "--num_chunks", "2")
+    for rel in ("outputs/tasks/task_0/task.json", "outputs/traces/chunk_000/t.json", "outputs/traces/chunk_001/t.json"):
+        (exp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (exp / rel).write_text("{}")
+    result = run_cli(str(exp), module="hpc.sync", env={"HF_HUB_DISABLE_TELEMETRY": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(fake_hub.repo_files("org/tasks", "dataset")) == ["task_0/task.json"]
+    assert list(fake_hub.repo_files("org/traces-chunk001", "dataset")) == ["t.json"]
+    assert "hf_sync_token" not in result.stdout + result.stderr
+
+
+def test_hpc_sync_uploads_what_a_consolidate_launch_deferred(tmp_path, fake_hub):
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    (ckpt / "global_step2").mkdir(parents=True)
+    (ckpt / "latest").write_text("global_step2")
+    (ckpt / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_text("")
+    exp = _launch_and_sync(tmp_path, fake_hub, "--job_type", "consolidate", "--consolidate_input", str(tmp_path / "run"),
+                           "--consolidate_output_dir", str(tmp_path / "merged"), "--consolidate_output_repo", "org/m")
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "model.safetensors").write_text("weights")
+    (tmp_path / "merged" / ".consolidate-tmp").write_text("scratch")
+    result = run_cli(str(exp), module="hpc.sync")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(fake_hub.repo_files("org/m", "model")) == ["model.safetensors"] and fake_hub.is_private("org/m", "model")

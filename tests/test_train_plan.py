@@ -5,9 +5,10 @@ import subprocess
 import pytest
 import yaml
 
-from hpc.context import LaunchOptions
+from helpers import materialized, script
 from hpc.errors import LaunchError
 from hpc.jobs.train import apply_global_batch_size, build_plan, merge_config
+from hpc.options import LaunchOptions
 
 
 def _opts(train_yaml, tmp_path, **kw) -> LaunchOptions:
@@ -35,7 +36,7 @@ def test_precedence_cli_over_yaml_over_profile_over_builtin():
 
 
 def test_plan_applies_precedence_end_to_end(train_yaml, tmp_path):
-    plan = build_plan(_opts(train_yaml, tmp_path, train_overrides={"max_steps": 9}))
+    plan = build_plan(_opts(train_yaml, tmp_path, max_steps=9))
     config = _config(plan)
     assert config["max_steps"] == 9  # CLI
     assert config["learning_rate"] == 0.001  # YAML
@@ -69,7 +70,7 @@ def test_global_batch_size_counts_nodes_and_gpus(train_yaml, tmp_path, user_prof
     user_profiles("big", max_nodes=8)
     plan = build_plan(_opts(train_yaml, tmp_path, cluster="big", num_nodes=2, gpus_per_node=4, global_batch_size=32))
     assert _config(plan)["gradient_accumulation_steps"] == 2  # 32 / (2 per device x 2 nodes x 4 GPUs)
-    assert "--nnodes=2 --nproc_per_node=4" in plan.jobs[0].script
+    assert "--nnodes=2 --nproc_per_node=4" in script(plan, "train")
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_global_batch_size_counts_nodes_and_gpus(train_yaml, tmp_path, user_prof
         ({"time_limit": "forever"}, "--time_limit 'forever' is not a SLURM time"),
         ({"job_name": "my job"}, "job name 'my job' is not usable"),
         ({"dependency": "afterok:abc"}, "--dependency 'afterok:abc' is not understood"),
-        ({"train_overrides": {"deepspeed": "missing_ds.json"}}, "deepspeed config 'missing_ds.json' not found"),
+        ({"deepspeed": "missing_ds.json"}, "deepspeed config 'missing_ds.json' not found"),
     ],
 )
 def test_bad_resources_are_refused(train_yaml, tmp_path, kw, message):
@@ -93,15 +94,15 @@ def test_bad_resources_are_refused(train_yaml, tmp_path, kw, message):
 def test_time_check_skipped_on_another_partition(train_yaml, tmp_path):
     """The profile knows only its own partition's limit; SLURM judges the others at submit."""
     plan = build_plan(_opts(train_yaml, tmp_path, partition="cpu", time_limit="20:00:00"))
-    assert "#SBATCH --time=20:00:00" in plan.jobs[0].script
+    assert "#SBATCH --time=20:00:00" in script(plan, "train")
 
 
 def test_resources_scale_with_the_gpus_asked_for(train_yaml, tmp_path):
-    script = build_plan(_opts(train_yaml, tmp_path, gpus_per_node=1)).jobs[0].script
-    assert "#SBATCH --gres=gpu:1\n" in script
-    assert "#SBATCH --cpus-per-task=1\n" in script  # a quarter of the node's 4 CPUs
-    assert "#SBATCH --mem=1875M\n" in script  # a quarter of 7500M
-    full = build_plan(_opts(train_yaml, tmp_path, job_name="t2")).jobs[0].script
+    text = script(build_plan(_opts(train_yaml, tmp_path, gpus_per_node=1)), "train")
+    assert "#SBATCH --gres=gpu:1\n" in text
+    assert "#SBATCH --cpus-per-task=1\n" in text  # a quarter of the node's 4 CPUs
+    assert "#SBATCH --mem=1875M\n" in text  # a quarter of 7500M
+    full = script(build_plan(_opts(train_yaml, tmp_path, job_name="t2")), "train")
     assert "#SBATCH --gres=gpu:4\n" in full and "#SBATCH --cpus-per-task=4\n" in full and "--mem=7500M" in full
 
 
@@ -114,7 +115,7 @@ def test_missing_required_train_keys(tmp_path):
 
 def test_dependency_syntax(train_yaml, tmp_path):
     plan = build_plan(_opts(train_yaml, tmp_path, dependency="123,afterany:5:6"))
-    deps = [(d.kind, d.slurm_job_id) for d in plan.jobs[0].dependencies]
+    deps = [(d.kind, d.external) for d in plan.jobs[0].dependencies]
     assert deps == [("afterok", "123"), ("afterany", "5"), ("afterany", "6")]
 
 
@@ -124,27 +125,28 @@ def test_hostile_values_are_quoted_in_the_script(train_yaml, tmp_path, monkeypat
     dotenv = tmp_path / "evil.env"
     dotenv.write_text(f"HPC_VENV=/nonexistent\nWEIRD='$(touch {marker}); echo \"x\" `id` ;'\n")
     odd_out = f"{tmp_path}/out dir/$(touch {marker})"
-    plan = build_plan(_opts(train_yaml, tmp_path, dotenv=str(dotenv), train_overrides={"output_dir": odd_out}))
-    script = plan.jobs[0].script
-    exports = "\n".join(line for line in script.splitlines() if line.startswith("export WEIRD="))
+    plan = build_plan(_opts(train_yaml, tmp_path, dotenv=str(dotenv), output_dir=odd_out))
+    text = script(plan, "train")
+    exports = "\n".join(line for line in text.splitlines() if line.startswith("export WEIRD="))
     out = subprocess.run(["bash", "-c", exports + '\nprintf %s "$WEIRD"'], capture_output=True, text=True)
     assert out.stdout == f'$(touch {marker}); echo "x" `id` ;'
-    line = next(ln for ln in script.splitlines() if ln.startswith("output_dir="))
+    line = next(ln for ln in text.splitlines() if ln.startswith("output_dir="))
     printed = subprocess.run(["bash", "-c", line + '\nprintf %s "$output_dir"'], capture_output=True, text=True)
     assert printed.stdout == odd_out
     assert not marker.exists()
-    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
 
 def test_experiment_path_with_spaces_is_refused_for_sbatch_lines(train_yaml, tmp_path):
+    plan = build_plan(_opts(train_yaml, tmp_path, experiments_dir=str(tmp_path / "my experiments")))
     with pytest.raises(LaunchError, match="cannot go on an #SBATCH line"):
-        build_plan(_opts(train_yaml, tmp_path, experiments_dir=str(tmp_path / "my experiments")))
+        materialized(plan)  # the SLURM backend refuses it before anything is written or submitted
 
 
 def test_offline_cluster_sets_offline_variables_and_online_does_not(train_yaml, tmp_path, user_profiles):
     user_profiles("online", internet=True)
-    offline = build_plan(_opts(train_yaml, tmp_path)).jobs[0].script
-    online = build_plan(_opts(train_yaml, tmp_path, cluster="online")).jobs[0].script
+    offline = script(build_plan(_opts(train_yaml, tmp_path)), "train")
+    online = script(build_plan(_opts(train_yaml, tmp_path, cluster="online")), "train")
     assert "export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline" in offline
     assert "running offline" in offline
     assert "HF_HUB_OFFLINE" not in online
@@ -153,11 +155,11 @@ def test_offline_cluster_sets_offline_variables_and_online_does_not(train_yaml, 
 def test_modules_and_extra_sbatch_lines_come_from_the_profile(train_yaml, tmp_path, user_profiles):
     user_profiles("modular", modules=["Stages/2025", "CUDA"], sbatch_extra=["--constraint=gpu"], qos="normal",
                   master_addr_suffix="i", gpu_request="gpus_per_node")
-    script = build_plan(_opts(train_yaml, tmp_path, cluster="modular")).jobs[0].script
-    assert "module load Stages/2025 CUDA\n" in script
-    assert "#SBATCH --constraint=gpu\n" in script and "#SBATCH --qos=normal\n" in script
-    assert "#SBATCH --gpus-per-node=4\n" in script and "--gres" not in script
-    assert 'export MASTER_ADDR="${head_node}i"' in script and "NodeAddr" not in script
+    text = script(build_plan(_opts(train_yaml, tmp_path, cluster="modular")), "train")
+    assert "module load Stages/2025 CUDA\n" in text
+    assert "#SBATCH --constraint=gpu\n" in text and "#SBATCH --qos=normal\n" in text
+    assert "#SBATCH --gpus-per-node=4\n" in text and "--gres" not in text
+    assert 'export MASTER_ADDR="${head_node}i"' in text and "NodeAddr" not in text
 
 
 def test_tunnel_needs_a_profile_that_allows_it(train_yaml, tmp_path):
@@ -169,7 +171,7 @@ def test_tunnel_renders_for_the_login_node_and_keeps_cluster_networks_direct(tra
                                                                              monkeypatch):
     monkeypatch.setattr("socket.gethostname", lambda: "jrlogin07.jureca")
     user_profiles("tun", tunnel_host="{login}i", tunnel_direct=["10.0.0.0/8"])
-    script = build_plan(_opts(train_yaml, tmp_path, cluster="tun", tunnel=True)).jobs[0].script
-    assert "  jrlogin07i &\n" in script and 'echo "localnet 10.0.0.0/255.0.0.0"' in script
-    assert "127.0.0.0" not in script and "HF_HUB_OFFLINE" not in script  # the tunnel brings the internet
-    assert "proxychains4 -q torchrun" in script and '-i "$SSH_KEY"' in script
+    text = script(build_plan(_opts(train_yaml, tmp_path, cluster="tun", tunnel=True)), "train")
+    assert "  jrlogin07i &\n" in text and 'echo "localnet 10.0.0.0/255.0.0.0"' in text
+    assert "127.0.0.0" not in text and "HF_HUB_OFFLINE" not in text  # the tunnel brings the internet
+    assert "proxychains4 -q torchrun" in text and '-i "$SSH_KEY"' in text

@@ -1,0 +1,36 @@
+"""The job types: what each launches and which function plans it (imported only when that type runs)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hpc.context import Limits
+    from hpc.options import LaunchOptions
+    from hpc.spec import Plan
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    help: str
+    module: str  # its build_plan(opts, environ, limits) -> Plan
+
+    def build(self, opts: "LaunchOptions", environ: Mapping[str, str], limits: "Limits") -> "Plan":
+        return importlib.import_module(self.module).build_plan(opts, environ, limits)
+
+
+JOB_TYPES = {
+    t.name: t
+    for t in (
+        JobType("train", "LLaMA-Factory SFT on one or more nodes, optionally then consolidate and eval",
+                "hpc.jobs.train"),
+        JobType("datagen", "task generation, then traces in chunks, with an optional inference server",
+                "hpc.jobs.datagen"),
+        JobType("consolidate", "DeepSpeed ZeRO checkpoint -> safetensors, optionally uploaded, then eval",
+                "hpc.jobs.consolidate"),
+    )
+}

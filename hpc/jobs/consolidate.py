@@ -13,19 +13,21 @@ from datetime import datetime
 from pathlib import Path
 
 from hpc import ROOT
-from hpc.context import Context, LaunchOptions, render_job, resolve_context, resolve_header
+from hpc.context import Launch, Limits, resolve_context
 from hpc.errors import LaunchError
-from hpc.jobs.chain import after, finish_chain
+from hpc.jobs import evaluate
 from hpc.jobside.consolidate import find_zero_checkpoint, parse_input
-from hpc.plan import JobSpec, LaunchPlan, Step, parse_dependency
+from hpc.options import LaunchOptions
+from hpc.pipeline import after, finish
 from hpc.prefetch import REPO_ID, Fetch, Fetcher, cache_dir
+from hpc.spec import PROGRAMS, Command, Dependency, Plan, Step
 
 JOBSIDE = ROOT / "hpc" / "jobside" / "consolidate.py"
-SCRIPT_REL = "sbatch/consolidate.py"
+SCRIPT_REL = f"{PROGRAMS}/consolidate.py"
 DTYPES = ("fp32", "bf16")
 
 
-def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
+def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Limits = Limits()) -> Plan:
     """--job_type consolidate: one consolidate job (and eval after it when asked)."""
     source = opts.consolidate_input
     if not source:
@@ -49,22 +51,22 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> 
         source = str(snapshot)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", source.rstrip("/").split("/")[-1]).strip("-.")[:60] or "model"
     job_name = opts.job_name or f"{stem}_consolidate_{datetime.now():%Y%m%d-%H%M%S}"
-    experiment_dir = ctx.experiments_dir / job_name
+    launch = Launch(opts, ctx, job_name, limits)
     checkpoints = ctx.env.get("CHECKPOINTS_DIR")
     output = opts.consolidate_output_dir or (
-        str(Path(checkpoints) / job_name) if checkpoints else str(experiment_dir / "consolidated")
+        str(Path(checkpoints) / job_name) if checkpoints else str(launch.experiment_dir / "consolidated")
     )
-    deps = tuple(parse_dependency(opts.dependency)) if opts.dependency else ()
-    step = _step(opts, ctx, job_name, experiment_dir, source, output, deps)
-    return finish_chain(opts, ctx, job_name, experiment_dir, [step], consolidate_after=False)
+    steps = [_step(launch, job_name, source, output, launch.user_dependencies())]
+    evaluate.append_if_asked(launch, steps)
+    return finish(launch, steps)
 
 
-def after_train(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir: Path, train: Step) -> Step:
+def after_train(launch: Launch, train: Step) -> Step:
     """Consolidate the newest checkpoint of the train step's output_dir once training COMPLETED."""
     if train.model_dir is None:
         raise LaunchError("--consolidate needs a training run that saves checkpoints (do_train: true)")
-    output = opts.consolidate_output_dir or f"{train.model_dir.rstrip('/')}-consolidated"
-    return _step(opts, ctx, f"{job_name}_consolidate", experiment_dir, train.model_dir, output, after(train))
+    output = launch.opts.consolidate_output_dir or f"{train.model_dir.rstrip('/')}-consolidated"
+    return _step(launch, f"{launch.job_name}_consolidate", train.model_dir, output, after(train))
 
 
 def _check_repo_id(repo: str, flag: str) -> None:
@@ -72,28 +74,24 @@ def _check_repo_id(repo: str, flag: str) -> None:
         raise LaunchError(f"{flag} {repo!r} is not a Hugging Face repo id; write it as org/name")
 
 
-def _step(opts: LaunchOptions, ctx: Context, name: str, experiment_dir: Path, source: str, output: str,
-          deps: tuple) -> Step:
+def _step(launch: Launch, name: str, source: str, output: str, deps: tuple[Dependency, ...]) -> Step:
+    opts, internet = launch.opts, launch.profile.internet
     if opts.dtype not in DTYPES:
         raise LaunchError(f"--dtype {opts.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     out = Path(output).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not opts.overwrite:
         raise LaunchError(f"consolidate output {out} is not empty; choose another --consolidate_output_dir or pass --overwrite")
     deferred: dict[str, list] = {}
-    command = ["python", str(experiment_dir / SCRIPT_REL), "--input", source, "--output", str(out.absolute()),
+    command = ["python", str(launch.experiment_dir / SCRIPT_REL), "--input", source, "--output", str(out.absolute()),
                "--dtype", opts.dtype, *(["--overwrite"] if opts.overwrite else [])]
     if opts.consolidate_output_repo:
         _check_repo_id(opts.consolidate_output_repo, "--consolidate_output_repo")
-        if ctx.profile.internet:
+        if internet:
             command += ["--output_repo", opts.consolidate_output_repo, *(["--public"] if opts.public else [])]
         else:
             deferred["uploads"] = [{"folder": str(out.absolute()), "repo": opts.consolidate_output_repo,
                                     "private": not opts.public, "ignore": [".consolidate-*"]}]
-    header = resolve_header(ctx, name, experiment_dir, partition=opts.consolidate_partition or opts.partition,
-                            account=opts.account, qos=opts.qos, time_limit=opts.consolidate_time_limit,
-                            gpus_per_node=0)
-    script = render_job("command.sbatch.j2", ctx, header, experiment_dir, "consolidate", command=command,
-                        make_dirs=[])
-    job = JobSpec(key="consolidate", job_type="consolidate", name=name, script=script,
-                  script_path="sbatch/consolidate.sbatch", dependencies=deps)
+    resources = launch.resources(partition=opts.consolidate_partition or opts.partition, account=opts.account,
+                                 qos=opts.qos, time_limit=opts.consolidate_time_limit, gpus_per_node=0)
+    job = launch.job("consolidate", Command(command=command), resources, name=name, dependencies=deps)
     return Step(job=job, files={SCRIPT_REL: JOBSIDE.read_text()}, model_dir=str(out.absolute()), deferred=deferred)

@@ -12,44 +12,21 @@ from pathlib import Path
 import yaml
 
 from hpc import ROOT
-from hpc.context import Context, LaunchOptions, render_job, resolve_context, resolve_header
+from hpc.context import Launch, Limits
 from hpc.errors import LaunchError
-from hpc.jobs.chain import finish_chain
-from hpc.plan import JobSpec, LaunchPlan, Step, parse_dependency
+from hpc.jobs import consolidate, evaluate
+from hpc.options import LaunchOptions
+from hpc.pipeline import LAUNCH_REL, finish, launch_record
 from hpc.prefetch import Fetcher, cache_dir, localize
+from hpc.spec import PROGRAMS, Plan, Step, Train
 from hpc.timefmt import parse_time
 
 #: The per-process entry torchrun runs, copied into the experiment (see the file's docstring).
 ENTRY_SOURCE = ROOT / "hpc" / "jobside" / "lf_train.py"
-ENTRY_REL = "sbatch/lf_train.py"
+ENTRY_REL = f"{PROGRAMS}/lf_train.py"
 CONFIG_REL = "configs/train.yaml"
 SUMMARY_SOURCE = ROOT / "hpc" / "jobside" / "run_summary.py"
-SUMMARY_REL = "sbatch/run_summary.py"
-#: Requeues after a time limit or preemption, unless --max_restarts says otherwise.
-DEFAULT_MAX_RESTARTS = 3
-
-#: LLaMA-Factory keys that have their own CLI flag, with their types.
-TRAIN_FLAGS: dict[str, type] = {
-    "model_name_or_path": str,
-    "dataset": str,
-    "dataset_dir": str,
-    "template": str,
-    "finetuning_type": str,
-    "output_dir": str,
-    "deepspeed": str,
-    "learning_rate": float,
-    "num_train_epochs": float,
-    "max_steps": int,
-    "per_device_train_batch_size": int,
-    "gradient_accumulation_steps": int,
-    "cutoff_len": int,
-    "save_steps": int,
-    "logging_steps": int,
-    "report_to": str,
-    "run_name": str,
-    "hub_model_id": str,
-    "seed": int,
-}
+SUMMARY_REL = f"{PROGRAMS}/run_summary.py"
 
 
 def load_train_yaml(path_text: str | None) -> tuple[Path, dict]:
@@ -112,33 +89,34 @@ def _check_local_files(config: Mapping[str, object], workdir: Path) -> None:
             raise LaunchError(f"the train config has no {key!r}; add it to the YAML or pass --{key}")
 
 
-def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
+def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Limits = Limits()) -> Plan:
     """The train launch as data (train, then optional consolidate and eval). Writes nothing."""
     config_path, yaml_config = load_train_yaml(opts.train_config_path)
-    ctx = resolve_context(opts, environ)
-    job_name = opts.job_name or _default_job_name(config_path)
-    experiment_dir = ctx.experiments_dir / job_name
-    step = train_step(opts, ctx, job_name, experiment_dir, config_path, yaml_config)
-    return finish_chain(opts, ctx, job_name, experiment_dir, [step], consolidate_after=opts.consolidate)
+    launch = Launch.create(opts, lambda ctx: _default_job_name(config_path), environ, limits)
+    steps = [train_step(launch, config_path, yaml_config)]
+    if opts.consolidate:
+        steps.append(consolidate.after_train(launch, steps[-1]))
+    elif any([opts.consolidate_output_repo, opts.consolidate_output_dir, opts.dtype != "fp32"]):
+        raise LaunchError("consolidate options were given without --consolidate; add --consolidate to chain it")
+    evaluate.append_if_asked(launch, steps)
+    return finish(launch, steps)
 
 
-def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir: Path, config_path: Path,
-               yaml_config: dict) -> Step:
-    p = ctx.profile
-    max_restarts = DEFAULT_MAX_RESTARTS if opts.max_restarts is None else opts.max_restarts
+def train_step(launch: Launch, config_path: Path, yaml_config: dict) -> Step:
+    opts, ctx, p = launch.opts, launch.ctx, launch.profile
+    job_name, experiment_dir = launch.job_name, launch.experiment_dir
+    max_restarts = opts.max_restarts
     if max_restarts < 0:
         raise LaunchError(f"--max_restarts must be 0 or more (got {max_restarts})")
-    header = resolve_header(
-        ctx, job_name, experiment_dir, partition=opts.partition, account=opts.account, qos=opts.qos,
-        time_limit=opts.time_limit, nodes=1 if opts.num_nodes is None else opts.num_nodes,
-        gpus_per_node=opts.gpus_per_node, requeue=max_restarts > 0, signal=f"B:USR1@{p.signal_seconds}",
-    )
-    if parse_time(header.time) <= 2 * p.signal_seconds:
+    resources = launch.resources(partition=opts.partition, account=opts.account, qos=opts.qos,
+                                 time_limit=opts.time_limit, nodes=1 if opts.num_nodes is None else opts.num_nodes,
+                                 gpus_per_node=opts.gpus_per_node)
+    if parse_time(resources.time_limit) <= 2 * p.signal_seconds:
         raise LaunchError(
-            f"--time_limit {header.time} leaves no time to train: {p.name} warns {p.signal_seconds} s before the "
-            f"limit to checkpoint; ask for more than {2 * p.signal_seconds} s"
+            f"--time_limit {resources.time_limit} leaves no time to train: {p.name} warns {p.signal_seconds} s before "
+            f"the limit to checkpoint; ask for more than {2 * p.signal_seconds} s"
         )
-    nproc = max(1, header.gpus_per_node)
+    nproc = max(1, resources.gpus_per_node)
     checkpoints = ctx.env.get("CHECKPOINTS_DIR")
     builtin = {
         "output_dir": str(Path(checkpoints) / job_name) if checkpoints else str(experiment_dir / "checkpoints"),
@@ -146,7 +124,7 @@ def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir:
     }
     config = merge_config(yaml_config, opts.train_overrides, p.train_defaults, builtin)
     apply_global_batch_size(
-        config, opts.global_batch_size, header.nodes * nproc, "gradient_accumulation_steps" in opts.train_overrides
+        config, opts.global_batch_size, resources.nodes * nproc, opts.gradient_accumulation_steps is not None
     )
     _check_local_files(config, ctx.workdir)
     run_id = re.sub(r"[^A-Za-z0-9_-]", "-", job_name)[:64]
@@ -167,37 +145,19 @@ def train_step(opts: LaunchOptions, ctx: Context, job_name: str, experiment_dir:
     if opts.consolidate and not config.get("deepspeed"):
         raise LaunchError("--consolidate merges DeepSpeed ZeRO checkpoints, but the train config has no 'deepspeed' "
                           "key; train with ZeRO (e.g. --deepspeed examples/train/ds_z3.json) or drop --consolidate")
-    script = render_job(
-        "train.sbatch.j2", ctx, header, experiment_dir, "train",
-        nproc_per_node=nproc,
-        entrypoint=[str(experiment_dir / ENTRY_REL)],
-        config_path=experiment_dir / CONFIG_REL,
-        output_dir=config["output_dir"],
-        max_restarts=max_restarts,
-        signal_seconds=p.signal_seconds,
-        extra_env=wandb_env,
-        summary_script=str(experiment_dir / SUMMARY_REL),
-    )
-    deps = tuple(parse_dependency(opts.dependency)) if opts.dependency else ()
-    job = JobSpec(key="train", job_type="train", name=job_name, script=script,
-                  script_path="sbatch/train.sbatch", dependencies=deps)
+    body = Train(nproc_per_node=nproc, entrypoint=[str(experiment_dir / ENTRY_REL)],
+                 config_path=experiment_dir / CONFIG_REL, output_dir=str(config["output_dir"]),
+                 max_restarts=max_restarts, signal_seconds=p.signal_seconds,
+                 summary_script=str(experiment_dir / SUMMARY_REL))
+    job = launch.job("train", body, resources, name=job_name, dependencies=launch.user_dependencies(),
+                     requeue=max_restarts > 0, extra_env=wandb_env)
     files = {
         ENTRY_REL: ENTRY_SOURCE.read_text(),
         SUMMARY_REL: SUMMARY_SOURCE.read_text(),
         CONFIG_REL: yaml.safe_dump(config, sort_keys=False),
-        "configs/launch.yaml": yaml.safe_dump(
-            {
-                "cluster": p.name,
-                "profile_file": str(p.source),
-                "train_config_source": str(config_path.absolute()),
-                "workdir": str(ctx.workdir),
-                "resources": asdict(header) | {"extra": list(header.extra), "nproc_per_node": nproc},
-                "max_restarts": max_restarts,
-                "environment": ctx.env,
-                "secrets_file": str(ctx.secrets_path) if ctx.secrets_path else None,
-            },
-            sort_keys=False,
-        ),
+        LAUNCH_REL: launch_record(launch, head={"train_config_source": str(config_path.absolute())},
+                                  tail={"resources": asdict(resources) | {"nproc_per_node": nproc},
+                                        "max_restarts": max_restarts}),
     }
     produces_model = bool(config.get("do_train", True))
     if localized:

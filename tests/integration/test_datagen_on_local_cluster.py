@@ -56,7 +56,7 @@ def test_tasks_server_and_five_chunks_two_at_a_time(launch, tmp_path, online, fa
     assert [jobs[k]["state"] for k in ("tasks", "traces", "cleanup")] == ["COMPLETED"] * 3
     assert jobs["server"]["state"] == "CANCELLED"  # by the cleanup job, once the work was done
     assert jobs["traces"]["array"] == "0-4%2" and jobs["traces"]["elapsed"] == "5/5 tasks COMPLETED"
-    assert max_concurrency(jobs["traces"]["slurm_job_id"]) <= 2
+    assert max_concurrency(jobs["traces"]["job_id"]) <= 2
     tasks = sorted(p.name for p in (exp / "outputs" / "tasks").iterdir())
     assert len(tasks) == 10
     for i in range(5):
@@ -115,8 +115,8 @@ def test_thousand_chunks_are_submitted_with_one_sbatch(launch, tmp_path, online)
     assert result.returncode == 0, result.stderr
     jobs = manifest(tmp_path / "exp" / "dg1000")["jobs"]
     assert [(j["key"], j["array"]) for j in jobs] == [("traces", "0-999%1")]
-    assert jobs[0]["sbatch_argv"][:3] == ["sbatch", "--parsable", "--array=0-999%1"]
-    array_id = jobs[0]["slurm_job_id"]
+    assert jobs[0]["submit_argv"][:3] == ["sbatch", "--parsable", "--array=0-999%1"]
+    array_id = jobs[0]["job_id"]
     try:
         queued = subprocess.run(["squeue", "-h", "-r", "-j", array_id, "-o", "%i"], capture_output=True,
                                 text=True, check=True).stdout.split()

@@ -67,7 +67,7 @@ def test_offline_launch_prefetches_once_runs_offline_and_syncs_later(launch, tmp
     second = launch("--train_config_path", str(config_path), "--job_name", "off2", "--gpus_per_node", "1",
                     extra_env=env)
     assert second.returncode == 0, second.stderr
-    subprocess.run(["scancel", manifest(tmp_path / "exp" / "off2")["jobs"][0]["slurm_job_id"]], check=False)
+    subprocess.run(["scancel", manifest(tmp_path / "exp" / "off2")["jobs"][0]["job_id"]], check=False)
     assert _resolves(fake_hub) == downloads  # cached revisions are not downloaded again
 
     assert "org/tiny-sft" not in {r["path"].split("/api/models/")[-1] for r in fake_hub.requests}

@@ -59,8 +59,8 @@ def test_zero3_train_consolidate_eval_runs_in_order(zero3_chain):
     assert [jobs[k]["state"] for k in ("train", "consolidate", "eval")] == ["COMPLETED"] * 3
     assert jobs["consolidate"]["dependencies"] == [{"kind": "afterok", "job": "train"}]
     assert jobs["eval"]["dependencies"] == [{"kind": "afterok", "job": "consolidate"}]
-    times = sacct_times([jobs[k]["slurm_job_id"] for k in ("train", "consolidate", "eval")])
-    train_t, cons_t, eval_t = (times[jobs[k]["slurm_job_id"]] for k in ("train", "consolidate", "eval"))
+    times = sacct_times([jobs[k]["job_id"] for k in ("train", "consolidate", "eval")])
+    train_t, cons_t, eval_t = (times[jobs[k]["job_id"]] for k in ("train", "consolidate", "eval"))
     assert train_t[1] <= cons_t[0] and cons_t[1] <= eval_t[0]  # afterok: each starts after the one before ends
     assert "world size: 2" in log_text(exp)
 
@@ -115,9 +115,9 @@ def test_a_refused_second_submission_cancels_the_first(launch, tmp_path, user_pr
     assert "sbatch refused job 'consolidate': Batch job submission failed: Requested time limit is invalid" in result.stderr
     assert "cancelled the 1 job(s) already submitted" in result.stderr
     jobs = jobs_by_key(tmp_path / "exp" / "atomic")
-    assert jobs["train"]["state"] == "cancelled_by_launcher" and jobs["train"]["slurm_job_id"]
-    assert jobs["consolidate"]["state"] == "submit_failed" and jobs["eval"]["slurm_job_id"] is None
-    queued = subprocess.run(["squeue", "-h", "-t", "PD,R,CF,CG", "-j", jobs["train"]["slurm_job_id"]],
+    assert jobs["train"]["state"] == "CANCELLED" and jobs["train"]["job_id"]
+    assert jobs["consolidate"]["state"] == "SUBMIT_FAILED" and jobs["eval"]["job_id"] is None
+    queued = subprocess.run(["squeue", "-h", "-t", "PD,R,CF,CG", "-j", jobs["train"]["job_id"]],
                             capture_output=True, text=True).stdout
     assert queued.strip() == ""
 
@@ -126,7 +126,7 @@ def _long_run(launch, name: str, *extra: str):
     result = launch("--train_config_path", str(TINY_YAML), "--job_name", name, "--gpus_per_node", "1",
                     "--max_steps", "400", "--save_steps", "25", *extra)
     assert result.returncode == 0, result.stderr
-    return jobs_by_key(launch.experiments / name)["train"]["slurm_job_id"], launch.experiments / name
+    return jobs_by_key(launch.experiments / name)["train"]["job_id"], launch.experiments / name
 
 
 def test_requeue_resumes_from_the_newest_checkpoint(launch):
@@ -153,9 +153,9 @@ def test_requeue_resumes_from_the_newest_checkpoint(launch):
     assert logs.count("train: resuming from") == 2
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 400
     jobs = jobs_by_key(exp)
-    times = sacct_times([job_id, jobs["eval"]["slurm_job_id"]])
+    times = sacct_times([job_id, jobs["eval"]["job_id"]])
     assert jobs["eval"]["state"] == "COMPLETED" and logs.count("[hpc-launch] eval: starting") == 1
-    assert times[job_id][1] <= times[jobs["eval"]["slurm_job_id"]][0]  # eval ran once, after the final train
+    assert times[job_id][1] <= times[jobs["eval"]["job_id"]][0]  # eval ran once, after the final train
 
 
 def test_max_restarts_zero_is_honoured(launch):

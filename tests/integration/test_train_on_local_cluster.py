@@ -28,8 +28,8 @@ def test_tiny_train_completes_and_no_secret_leaks(launch, tmp_path):
     exp = tmp_path / "exp" / "tiny"
     assert result.returncode == 0, result.stdout + result.stderr + log_text(exp)
     job = manifest(exp)["jobs"][0]
-    assert job["slurm_job_id"] and job["submitted_at"] and job["state"] == "COMPLETED"
-    assert sacct_state(job["slurm_job_id"]) == "COMPLETED"
+    assert job["job_id"] and job["submitted_at"] and job["state"] == "COMPLETED"
+    assert sacct_state(job["job_id"]) == "COMPLETED"
     out = train_output(exp)
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6
@@ -40,9 +40,9 @@ def test_tiny_train_completes_and_no_secret_leaks(launch, tmp_path):
     summary = json.loads((exp / "run_summary.json").read_text())
     assert summary["base_model"] == "build/tiny/model" and summary["training_type"] == "SFT"
     assert summary["weights_location"] == str(out) and summary["training_parameters"]["max_steps"] == 6
-    assert summary["slurm_job_id"] == job["slurm_job_id"] and summary["training_start"] <= summary["training_end"]
+    assert summary["job_id"] == job["job_id"] and summary["training_start"] <= summary["training_end"]
     status = run_cli(str(exp), module="hpc.status")
-    assert status.returncode == 0 and f"{job['slurm_job_id']}  COMPLETED" in status.stdout, status
+    assert status.returncode == 0 and f"{job['job_id']}  COMPLETED" in status.stdout, status
     leaks = [p for root in (exp, out) for p in root.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
     assert leaks == [] and canary not in result.stdout + result.stderr + status.stdout
 
@@ -78,7 +78,7 @@ def test_too_long_time_is_refused_by_slurm_with_its_reason(launch, tmp_path, use
     assert "sbatch refused job 'train': Batch job submission failed: Requested time limit is invalid" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     job = manifest(tmp_path / "exp" / "slurmsaysno")["jobs"][0]
-    assert job["state"] == "submit_failed" and job["slurm_job_id"] is None
+    assert job["state"] == "SUBMIT_FAILED" and job["job_id"] is None
 
 
 def test_bad_account_is_refused_by_slurm(launch, tmp_path):
@@ -94,7 +94,7 @@ def test_dependency_holds_the_job(launch, tmp_path):
     try:
         result = launch("--train_config_path", str(TINY_YAML), "--job_name", "waits", "--dependency", held)
         assert result.returncode == 0, result.stderr
-        job_id = manifest(tmp_path / "exp" / "waits")["jobs"][0]["slurm_job_id"]
+        job_id = manifest(tmp_path / "exp" / "waits")["jobs"][0]["job_id"]
         info = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%E"], capture_output=True, text=True).stdout
         assert info.strip() == f"PENDING|Dependency|afterok:{held}(unfulfilled)"
     finally:

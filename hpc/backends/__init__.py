@@ -1,0 +1,78 @@
+"""Backends: how a planned launch (hpc.spec.Plan) becomes running jobs, and how they are followed.
+
+Every backend has the same small set of verbs (the Backend protocol); SLURM lives in backends/slurm/.
+Commands find the backend of an experiment by the name its manifest records.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from hpc.context import Limits
+    from hpc.manifest import JobRecord, Manifest, State
+    from hpc.spec import Plan
+
+#: Backend name -> the module holding its `Backend` class (imported only when used).
+BACKENDS = {"slurm": "hpc.backends.slurm"}
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's (or a whole array's) state as the backend reports it."""
+
+    job_id: str
+    state: "State"
+    backend_state: str  # the backend's own word
+    exit_code: str = ""
+    elapsed: str = ""  # for arrays: how many tasks completed
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """What a backend makes of a plan before anything is submitted: files to write, and per job its
+    script and (with <key> placeholders for ids not known yet) the command that will submit it."""
+
+    files: dict[str, str]  # relative path -> text
+    scripts: dict[str, str]  # job key -> relative path of its script
+    commands: dict[str, list[str]]  # job key -> submit argv
+    arrays: dict[str, str]  # job key -> the backend's array spec
+
+    def preview(self) -> str:
+        """Each job's submit command and script, as a dry run shows them."""
+        return "".join(f"\n--- {key}: {' '.join(argv)}\n{self.files[self.scripts[key]]}"
+                       for key, argv in self.commands.items())
+
+
+class Backend(Protocol):
+    name: str
+
+    def limits(self, dry_run: bool) -> "Limits":
+        """What the backend allows (asks nothing in a dry run)."""
+
+    def materialize(self, plan: "Plan") -> Materialized:
+        """Scripts and commands for every job. Pure."""
+
+    def submit(self, plan: "Plan", materialized: Materialized, manifest: "Manifest") -> None:
+        """Submit every job in order, recording each in the manifest as it goes; all or nothing."""
+
+    def query(self, jobs: Sequence["JobRecord"]) -> dict[str, JobStatus]:
+        """The state of many submitted jobs at once (job id -> status), in one batched request."""
+
+    def cancel(self, job_ids: Sequence[str]) -> bool:
+        """Cancel jobs by id; True when the backend accepted it."""
+
+    def log_path(self, experiment_dir: Path, job: "JobRecord") -> Path:
+        """Where a job writes its output (for an array: the newest task's)."""
+
+
+def get(name: str) -> Backend:
+    if name not in BACKENDS:
+        from hpc.errors import LaunchError
+
+        raise LaunchError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name]).Backend()

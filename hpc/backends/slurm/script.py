@@ -1,0 +1,116 @@
+"""A job as an sbatch script: the #SBATCH header and the Jinja2 templates (StrictUndefined, values quoted).
+
+Templates are package data (templates/); a directory named by HPC_LAUNCH_TEMPLATES is searched first,
+so a site can override one part without copying the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from hpc.errors import LaunchError
+from hpc.profiles import ClusterProfile
+from hpc.spec import PORT, Cancel, Command, Job, Plan, Server, Stage, Train
+
+TEMPLATES_ENV = "HPC_LAUNCH_TEMPLATES"
+#: Which template renders which kind of job body.
+TEMPLATES = {Command: "command.sbatch.j2", Cancel: "command.sbatch.j2", Train: "train.sbatch.j2",
+             Server: "server.sbatch.j2", Stage: "datagen.sbatch.j2"}
+
+# What an #SBATCH value may hold: sbatch reads these lines itself, so no spaces, quotes or newlines.
+_SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:+=@%/~-]+")
+
+
+@dataclass(frozen=True)
+class SbatchHeader:
+    """The #SBATCH lines of one job (rendered by templates/base.sbatch.j2)."""
+
+    job_name: str
+    partition: str | None
+    account: str | None
+    qos: str | None
+    nodes: int
+    cpus_per_task: int
+    gpus_per_node: int
+    mem: str | None
+    time: str
+    log_pattern: str
+    workdir: str
+    extra: tuple[str, ...] = ()
+    requeue: bool = False
+    signal: str | None = None  # e.g. "B:USR1@300": warn the batch shell before the time limit
+
+
+def quote(value: object) -> str:
+    """Shell-quote one value for the body of a script."""
+    return shlex.quote(str(value))
+
+
+def sbatch_value(value: object) -> str:
+    """A value for an #SBATCH line, refused when sbatch could misread it."""
+    text = str(value)
+    if not _SBATCH_VALUE.fullmatch(text):
+        raise LaunchError(
+            f"{text!r} cannot go on an #SBATCH line (spaces, quotes and shell characters are not allowed there); "
+            "choose a value or path without them"
+        )
+    return text
+
+
+def shell_words(argv: list[str]) -> str:
+    """Quote argv for the script, turning the PORT placeholder into the job's own "$port"."""
+    def word(arg: str) -> str:
+        return '"$port"'.join(shlex.quote(part) if part else "" for part in arg.split(PORT)) or "''"
+
+    return " ".join(word(arg) for arg in argv)
+
+
+@functools.cache
+def environment(override: str | None) -> jinja2.Environment:
+    loaders: list[jinja2.BaseLoader] = [jinja2.PackageLoader("hpc.backends.slurm", "templates")]
+    if override:
+        loaders.insert(0, jinja2.FileSystemLoader(override))
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined, autoescape=False,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["q"] = quote
+    env.filters["sbatch"] = sbatch_value
+    return env
+
+
+def header(job: Job, profile: ClusterProfile, experiment_dir: Path) -> SbatchHeader:
+    r = job.resources
+    log = "%x_%A_%a.out" if job.array else "%x_%j.out"
+    return SbatchHeader(job_name=job.name, partition=r.partition, account=r.account, qos=r.qos, nodes=r.nodes,
+                        cpus_per_task=r.cpus_per_node, gpus_per_node=r.gpus_per_node, mem=r.mem, time=r.time_limit,
+                        log_pattern=str(experiment_dir / "logs" / log), workdir=str(job.prelude.workdir),
+                        extra=tuple(profile.sbatch_extra), requeue=job.requeue,
+                        signal=f"B:USR1@{job.body.signal_seconds}" if isinstance(job.body, Train) else None)
+
+
+def _body_context(job: Job, plan: Plan) -> dict[str, Any]:
+    body = job.body
+    if isinstance(body, Cancel):
+        names = [plan.job(key).name for key in body.keys]
+        return {"command": ["scancel", *(arg for name in names for arg in ("--name", name)), "--me"], "make_dirs": []}
+    values = {f.name: getattr(body, f.name) for f in fields(body)}
+    if isinstance(body, Server):
+        values["command_words"] = shell_words(values.pop("command"))
+    return values
+
+
+def render(job: Job, plan: Plan) -> str:
+    """One job's sbatch script."""
+    p = job.prelude
+    template = environment(os.environ.get(TEMPLATES_ENV)).get_template(TEMPLATES[type(job.body)])
+    return template.render(job_type=job.job_type, header=header(job, plan.profile, plan.experiment_dir),
+                           profile=plan.profile, env=p.env, secrets_path=p.secrets_path,
+                           experiment_dir=plan.experiment_dir, offline=p.offline, tunnel=p.tunnel,
+                           **_body_context(job, plan))
