@@ -9,12 +9,12 @@ import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpc.envfiles import SECRETS_ENV, check_secrets_file, read_dotenv, resolve_dotenv_path
 from hpc.errors import LaunchError
-from hpc.options import LaunchOptions
+from hpc.options import LaunchOptions, PathOptions
 from hpc.profiles import ClusterProfile, detect_profile, get_profile
 from hpc.spec import Array, Body, Dependency, Job, Prelude, Resources, Tunnel, check_job_name, parse_dependency
 from hpc.timefmt import format_time, parse_time
@@ -44,6 +44,11 @@ def resolve_context(opts: LaunchOptions, environ: Mapping[str, str] = os.environ
     profile = get_profile(opts.cluster, environ) if opts.cluster else detect_profile(environ)
     dotenv_path = resolve_dotenv_path(opts.dotenv or profile.dotenv, profile.source)
     env = read_dotenv(dotenv_path)
+    for name, variable in PathOptions.VARIABLES.items():
+        if getattr(opts, name):
+            env[variable] = str(Path(getattr(opts, name)).expanduser().absolute())
+    if opts.job_creator:
+        env["HPC_JOB_CREATOR"] = opts.job_creator
     secrets = opts.secrets_env or environ.get(SECRETS_ENV) or env.get(SECRETS_ENV)
     secrets_path = check_secrets_file(secrets) if secrets else None
     if secrets_path:
@@ -82,11 +87,13 @@ def _scaled_memory(mem: str | None, share: float) -> str | None:
 
 def resolve_resources(p: ClusterProfile, *, partition: str | None = None, account: str | None = None,
                       qos: str | None = None, time_limit: str | None = None, nodes: int = 1,
-                      gpus_per_node: int | None = None, cpus: int | None = None) -> Resources:
+                      gpus_per_node: int | None = None, cpus: int | None = None,
+                      gpu_type: str | None = None) -> Resources:
     """Resources for one job: a given value > the profile > built-in defaults, checked against the profile.
 
     gpus_per_node None means all of a node's GPUs; 0 means a CPU job that takes the whole node, or
-    `cpus` CPUs of it (with the same share of its memory).
+    `cpus` CPUs of it (with the same share of its memory). The limits are those of the partition the job
+    uses (node cap, time by node count); without a time_limit, default_time shortened to fit them.
     """
     if nodes < 1:
         raise LaunchError(f"--num_nodes must be at least 1 (got {nodes})")
@@ -96,25 +103,56 @@ def resolve_resources(p: ClusterProfile, *, partition: str | None = None, accoun
     if gpus < 0 or gpus > p.gpus_per_node:
         raise LaunchError(f"--gpus_per_node {gpus} is not possible on {p.name}: its nodes have {p.gpus_per_node} GPUs")
     partition = partition or p.partition
-    seconds = parse_time(time_limit or p.default_time)
-    if partition == p.partition and seconds > p.max_seconds:
-        raise LaunchError(
-            f"--time_limit {format_time(seconds)} exceeds the {p.max_time} limit of partition {partition or 'default'} "
-            f"on {p.name}; ask for less time (jobs can requeue and resume)"
-        )
+    seconds = _partition_time(p, partition, nodes, time_limit)
+    account = account or p.account
+    if p.account_required and not account:
+        raise LaunchError(f"{p.name} runs no job without an account: pass --account PROJECT (the project or budget "
+                          "to charge; SBATCH_ACCOUNT is not used, since sbatch runs without SBATCH_* variables)")
     share = gpus / p.gpus_per_node if p.gpus_per_node and gpus else 1.0
     if not gpus and cpus is not None:
         share = min(1.0, cpus / p.cpus_per_node)
     return Resources(
         nodes=nodes,
-        gpus_per_node=gpus if p.gpu_request != "none" else 0,
+        gpus_per_node=gpus,
         cpus_per_node=max(1, int(p.cpus_per_node * share)),
         mem=_scaled_memory(p.mem_per_node, share),
         time_limit=format_time(seconds),
         partition=partition,
-        account=account or p.account,
+        account=account,
         qos=qos or p.qos,
+        gpu_type=_gpu_type(p, gpu_type),
     )
+
+
+def _partition_time(p: ClusterProfile, partition: str | None, nodes: int, time_limit: str | None) -> int:
+    """The job's wall time in seconds, after checking nodes and time against the partition's limits."""
+    limits = p.limits(partition)
+    where = f"partition {partition or 'default'}"
+    if limits.max_nodes is not None and nodes > limits.max_nodes:
+        raise LaunchError(f"--num_nodes {nodes} exceeds the {limits.max_nodes} nodes a job may use on {where} of "
+                          f"{p.name}; ask for --num_nodes {limits.max_nodes} or fewer")
+    seconds = parse_time(time_limit or p.default_time)
+    cap, first, last = limits.time_bin(nodes)
+    if cap is None:
+        return seconds  # a partition the profile does not describe: SLURM judges at submission
+    if time_limit is None or seconds <= parse_time(cap):
+        return min(seconds, parse_time(cap))
+    size = f" for jobs of {first}-{last} nodes" if last else f" for jobs of {first}+ nodes"
+    raise LaunchError(
+        f"--time_limit {format_time(seconds)} exceeds the {cap} limit of {where}{size if limits.time_by_nodes else ''} "
+        f"on {p.name}; ask for --time_limit {cap} or less (jobs can requeue and resume)"
+    )
+
+
+def _gpu_type(p: ClusterProfile, asked: str | None) -> str | None:
+    """The profile's name for the GPU type asked for (default: the profile's gpu_type when it has gpu_types)."""
+    if asked is None:
+        return p.gpu_type if p.gpu_types else None
+    known = list(p.gpu_types) or [p.gpu_type or "no GPUs"]
+    match = next((name for name in known if name.lower() == asked.lower()), None)
+    if match is None:
+        raise LaunchError(f"--gpu_type {asked} is not known on {p.name}; known: {', '.join(known)}")
+    return match if p.gpu_types else None
 
 
 @dataclass(frozen=True)
@@ -124,11 +162,11 @@ class Launch:
     opts: LaunchOptions
     ctx: Context
     job_name: str
-    limits: Limits = field(default_factory=Limits)
+    limits: Callable[[], Limits] = Limits  # asked only when planning needs it (datagen arrays)
 
     @classmethod
     def create(cls, opts: LaunchOptions, default_name: Callable[[Context], str], environ: Mapping[str, str],
-               limits: Limits = Limits()) -> "Launch":
+               limits: Callable[[], Limits] = Limits) -> "Launch":
         ctx = resolve_context(opts, environ)
         return cls(opts, ctx, opts.job_name or default_name(ctx), limits)
 
@@ -145,8 +183,16 @@ class Launch:
         return tuple(parse_dependency(self.opts.dependency)) if self.opts.dependency else ()
 
     def resources(self, **given: object) -> Resources:
-        """resolve_resources on this launch's profile (see there for the keywords)."""
-        return resolve_resources(self.profile, **given)  # type: ignore[arg-type]
+        """resolve_resources on this launch's profile with its --gpu_type (see there for the keywords)."""
+        return resolve_resources(self.profile, gpu_type=self.gpu_type, **given)  # type: ignore[arg-type]
+
+    @property
+    def gpu_type(self) -> str | None:
+        """--gpu_type, or upstream's spelling --gpus_type."""
+        one, other = self.opts.gpu_type, self.opts.gpus_type
+        if one and other and one != other:
+            raise LaunchError(f"--gpu_type {one} and --gpus_type {other} disagree; give only --gpu_type")
+        return one or other
 
     def job(self, key: str, body: Body, resources: Resources, *, job_type: str | None = None, name: str | None = None,
             dependencies: tuple[Dependency, ...] = (), array: Array | None = None, requeue: bool = False,

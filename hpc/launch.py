@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 
 from hpc import __version__
-from hpc.errors import run_reporting
+from hpc.errors import LaunchError, run_reporting
 from hpc.jobs import JOB_TYPES
 from hpc.options import GROUPS, LaunchOptions
 
@@ -75,7 +75,7 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
     from hpc.manifest import Manifest
 
     backend = backends.get("slurm")
-    plan = JOB_TYPES[opts.job_type].build(opts, environ, backend.limits(opts.dry_run))
+    plan = JOB_TYPES[opts.job_type].build(opts, environ, lambda: backend.limits(opts.dry_run))
     materialized = backend.materialize(plan)
     manifest = Manifest.for_plan(plan, backend.name, materialized.scripts, materialized.arrays, opts.dry_run)
     write_experiment(plan, materialized, manifest)
@@ -98,7 +98,16 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    from hpc.upstream import translate
+
+    p = parser()
+    known = {action.dest for action in p._actions}
+    try:
+        argv = translate(sys.argv[1:] if argv is None else argv, known)
+    except LaunchError as exc:
+        print(f"hpc-launch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    args = p.parse_args(argv)
     return run_reporting("hpc-launch", lambda: run(options_from_args(args)))
 
 

@@ -81,8 +81,8 @@ def _scope(module: str) -> _Scope:
         if isinstance(stmt, ast.ClassDef):
             scope.classes[stmt.name] = stmt
         elif isinstance(stmt, ast.ImportFrom):
-            base = package.split(".")[: len(package.split(".")) - stmt.level + 1] if stmt.level else []
-            source = ".".join([*base, *([stmt.module] if stmt.module else [])])
+            parts = package.split(".")[: len(package.split(".")) + 1 - stmt.level] if stmt.level else []
+            source = ".".join([*parts, *([stmt.module] if stmt.module else [])])
             scope.imports.update({a.asname or a.name: (source, a.name) for a in stmt.names})
         elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Name):
             scope.aliases.update({t.id: stmt.value.id for t in stmt.targets if isinstance(t, ast.Name)})
@@ -150,7 +150,7 @@ def _enum_values(module: str, name: str) -> tuple[object, ...] | None:
     """The values of a simple string enum (only `NAME = "value"` members), else None."""
     try:
         _, cls = _find_class(module, name)
-    except Exception:
+    except Exception:  # not found: not checked
         return None
     body = cls.body[1:] if cls.body and isinstance(cls.body[0], ast.Expr) else cls.body  # skip a docstring
     if not body or not any(ast.unparse(b).endswith("Enum") for b in cls.bases):
@@ -189,10 +189,13 @@ def _kind(module: str, node: ast.expr) -> Kind:
 
 @functools.cache
 def _kinds(module: str, annotation: ast.expr) -> tuple[Kind, ...]:
-    """What an annotation accepts. In `SomeEnum | str` the str only admits the enum's values (transformers converts
-    it with SomeEnum(value) and refuses others), so it is dropped."""
-    nodes = _members(annotation)
-    kinds = [_kind(module, node) for node in nodes]
+    """What an annotation accepts; ("any",) if it cannot be read. In `SomeEnum | str` the str only admits the enum's
+    values (transformers converts it with SomeEnum(value) and refuses others), so it is dropped."""
+    try:
+        nodes = _members(annotation)
+        kinds = [_kind(module, node) for node in nodes]
+    except Exception:  # an annotation we cannot classify accepts anything
+        return ("any",)
     if any(isinstance(n, ast.Name) and isinstance(k, tuple) for n, k in zip(nodes, kinds)):
         kinds = [k for k in kinds if k != "str"]
     return tuple(kinds)

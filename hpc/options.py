@@ -7,7 +7,7 @@ means "not given": the config file, the profile or a built-in default decides.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 
 def flag(default: Any = None, help: str | None = None, **argparse: Any) -> Any:
@@ -15,9 +15,24 @@ def flag(default: Any = None, help: str | None = None, **argparse: Any) -> Any:
     return field(default=default, metadata={"help": help, "argparse": argparse})
 
 
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (upstream's spelling of LLaMA-Factory booleans)."""
+    word = text.strip().lower()
+    if word in ("true", "yes", "y", "on", "1"):
+        return True
+    if word in ("false", "no", "n", "off", "0"):
+        return False
+    raise ValueError(text)
+
+
+parse_bool.__name__ = "true/false"  # what argparse names in "invalid ... value"
+
+
 def passthrough(kind: type) -> Any:
     """A LLaMA-Factory key with its own flag: given, it overrides the train YAML."""
-    return field(default=None, metadata={"help": None, "argparse": {"type": kind}, "passthrough": True})
+    parse = parse_bool if kind is bool else kind
+    return field(default=None, metadata={"help": None, "argparse": {"type": parse, "metavar": kind.__name__.upper()},
+                                         "passthrough": True})
 
 
 @dataclass
@@ -51,6 +66,9 @@ class ResourceOptions:
     time_limit: str | None = flag(help="wall time, e.g. 04:00:00 or 1-00:00:00")
     num_nodes: int | None = flag(help="nodes (default: 1)")
     gpus_per_node: int | None = flag(help="GPUs per node (default: all of the node's)")
+    gpu_type: str | None = flag(help="GPU type, on clusters whose profile lists several (gpu_types), e.g. A100-80GB "
+                                     "on perlmutter (default: the profile's gpu_type)")
+    gpus_type: str | None = flag(help="same as --gpu_type (upstream's spelling)")
 
 
 @dataclass
@@ -58,28 +76,76 @@ class TrainOptions:
     """train (LLaMA-Factory): explicit flags > YAML > profile > defaults"""
 
     train_config_path: str | None = flag(help="LLaMA-Factory YAML")
-    global_batch_size: int | None = flag(help="sets gradient_accumulation_steps exactly, or errors")
+    global_batch_size: int | None = flag(help="sets gradient_accumulation_steps exactly, or errors (a "
+                                              "global_batch_size key in the YAML means the same)")
     max_restarts: int = flag(3, "requeues after a time limit or preemption, resuming from the newest checkpoint "
                                 "(default: 3; 0 never requeues)")
+    train_extra_args: str | None = flag(help="more LLaMA-Factory keys, as explicit as flags: \"--key value "
+                                             "key2=value2\" (values read as YAML)")
+    # LLaMA-Factory keys with their own flags (upstream's set): given, they override the YAML.
     model_name_or_path: str | None = passthrough(str)
+    stage: str | None = passthrough(str)
+    do_train: bool | None = passthrough(bool)
+    finetuning_type: str | None = passthrough(str)
+    deepspeed: str | None = passthrough(str)
+    packing: bool | None = passthrough(bool)
+    neat_packing: bool | None = passthrough(bool)
+    enable_liger_kernel: bool | None = passthrough(bool)
+    flash_attn: str | None = passthrough(str)
     dataset: str | None = passthrough(str)
     dataset_dir: str | None = passthrough(str)
     template: str | None = passthrough(str)
-    finetuning_type: str | None = passthrough(str)
-    output_dir: str | None = passthrough(str)
-    deepspeed: str | None = passthrough(str)
-    learning_rate: float | None = passthrough(float)
-    num_train_epochs: float | None = passthrough(float)
-    max_steps: int | None = passthrough(int)
-    per_device_train_batch_size: int | None = passthrough(int)
-    gradient_accumulation_steps: int | None = passthrough(int)
+    formatting: str | None = passthrough(str)
+    messages: str | None = passthrough(str)
+    system: str | None = passthrough(str)
+    prompt_column: str | None = passthrough(str)
+    query_column: str | None = passthrough(str)
+    response_column: str | None = passthrough(str)
+    history_column: str | None = passthrough(str)
+    role_tag: str | None = passthrough(str)
+    user_tag: str | None = passthrough(str)
+    content_tag: str | None = passthrough(str)
+    assistant_tag: str | None = passthrough(str)
     cutoff_len: int | None = passthrough(int)
+    overwrite_cache: bool | None = passthrough(bool)
+    preprocessing_num_workers: int | None = passthrough(int)
+    mix_strategy: str | None = passthrough(str)
+    interleave_probs: str | None = passthrough(str)
+    streaming: bool | None = passthrough(bool)
+    buffer_size: int | None = passthrough(int)
+    max_samples: int | None = passthrough(int)
+    val_size: float | None = passthrough(float)
+    eval_on_each_dataset: bool | None = passthrough(bool)
+    disable_shuffling: bool | None = passthrough(bool)
+    output_dir: str | None = passthrough(str)
+    save_strategy: str | None = passthrough(str)
     save_steps: int | None = passthrough(int)
     logging_steps: int | None = passthrough(int)
+    plot_loss: bool | None = passthrough(bool)
+    overwrite_output_dir: bool | None = passthrough(bool)
+    per_device_train_batch_size: int | None = passthrough(int)
+    gradient_accumulation_steps: int | None = passthrough(int)
+    gradient_checkpointing: bool | None = passthrough(bool)
+    learning_rate: float | None = passthrough(float)
+    adam_beta1: float | None = passthrough(float)
+    adam_beta2: float | None = passthrough(float)
+    num_train_epochs: float | None = passthrough(float)
+    max_steps: int | None = passthrough(int)
+    lr_scheduler_type: str | None = passthrough(str)
+    warmup_ratio: float | None = passthrough(float)
+    weight_decay: float | None = passthrough(float)
+    max_grad_norm: float | None = passthrough(float)
+    bf16: bool | None = passthrough(bool)
+    ddp_timeout: int | None = passthrough(int)
+    eval_strategy: str | None = passthrough(str)
     report_to: str | None = passthrough(str)
     run_name: str | None = passthrough(str)
-    hub_model_id: str | None = passthrough(str)
     seed: int | None = passthrough(int)
+    push_to_hub: bool | None = passthrough(bool)
+    hub_model_id: str | None = passthrough(str)
+    lora_rank: int | None = passthrough(int)
+    lora_alpha: int | None = passthrough(int)
+    lora_dropout: float | None = passthrough(float)
 
     @property
     def train_overrides(self) -> dict[str, object]:
@@ -107,31 +173,53 @@ class ConsolidateOptions:
 
 @dataclass
 class DatagenOptions:
-    """datagen: task generation, then traces in chunks as one throttled job array"""
+    """datagen: task generation, then traces in chunks as one throttled job array (flags win over the config)"""
 
-    datagen_config: str | None = flag(help="YAML with engine (openai, anthropic, vllm_local, none), model, server, "
-                                           "chunking")
+    ENGINE_TYPES: ClassVar[tuple[str, ...]] = ("openai", "anthropic", "vllm_local", "gemini_openai", "google_gemini",
+                                               "none")
+    BACKEND_TYPES: ClassVar[tuple[str, ...]] = ("vllm", "ray", "none")
+
+    datagen_config: str | None = flag(help="datagen YAML, ours or upstream's format (default: $DATAGEN_CONFIG_PATH; "
+                                           "not needed with --datagen_engine)")
+    datagen_engine: str | None = flag(help="engine type, overriding the config's", choices=ENGINE_TYPES)
+    datagen_model: str | None = flag(help="the engine's model (default: the config's, else --trace_model)")
     datagen_script: str | None = flag(help="your generator, called with --stage tasks (see README: generator "
                                            "interface)")
     datagen_target_repo: str | None = flag(help="dataset repo for the generated tasks")
-    datagen_extra_args: str | None = flag(help="extra arguments for the generator, one shell-quoted string")
+    datagen_input_dir: str | None = flag(help="passed to the generator as --input-dir")
+    datagen_extra_args: str | None = flag(help="extra arguments for the task generator, one shell-quoted string "
+                                               "(last, so '--stage both' wins)")
     datagen_output_dir: str | None = flag(help="where tasks are written (default: <experiment>/outputs/tasks)")
+    task_type: str | None = flag(help="passed to both stages as --task-type (only if your generator defines it)")
+    disable_verification: bool = flag(False, "pass --disable-verification to both stages")
     enable_task_gen: bool = flag(True, "generate tasks (default: yes)", optional_bool=True)
-    enable_trace_gen: bool = flag(False, "generate traces (default: no)", optional_bool=True)
+    enable_trace_gen: bool = flag(False, "generate traces (default: no; every --trace_* and chunk flag needs it)",
+                                  optional_bool=True)
     trace_script: str | None = flag(help="generator for --stage traces (default: --datagen_script)")
     trace_target_repo: str | None = flag(help="dataset repo for traces; chunk i goes to <repo>-chunk00i")
     trace_input_path: str | None = flag(help="existing tasks (instead of generating them)")
     trace_output_dir: str | None = flag(help="where traces are written (default: <experiment>/outputs/traces)")
-    trace_harbor_config: str | None = flag()
-    trace_model: str | None = flag()
+    trace_engine: str | None = flag(help="engine type of the trace stage (default: the tasks')", choices=ENGINE_TYPES)
+    trace_backend: str | None = flag(help="backend type of the trace stage (default: the config's)",
+                                     choices=BACKEND_TYPES)
+    trace_harbor_config: str | None = flag(help="Harbor job YAML, passed as --trace-harbor-config")
+    trace_model: str | None = flag(help="model of the trace stage (default: the Harbor YAML's agent, else the "
+                                        "engine's)")
     trace_agent_name: str | None = flag()
-    trace_agent_kwargs: str | None = flag(help="JSON object passed to the agent")
+    trace_agent_kwargs: str | None = flag(help="JSON object for the agent, over the config's extra_agent_kwargs")
     trace_n_concurrent: int | None = flag()
     trace_env: str | None = flag()
+    trace_export_subagents: bool = flag(True, "--trace-export-subagents, or --trace-skip-subagents with --no-... "
+                                              "(default: export)", optional_bool=True)
+    trace_eval_only: bool = flag(False, "pass --trace-eval-only")
+    trace_agent_timeout_sec: float | None = flag()
+    trace_verifier_timeout_sec: float | None = flag()
     chunk_size: int | None = flag(help="tasks per chunk when the tasks exist at launch")
-    chunk_parallelism: int | None = flag(help="chunks running at once (the array's %%N)")
+    chunk_parallelism: int | None = flag(help="chunks running at once, the array's %%N (default: the config's "
+                                              "chunk_parallelism or chunk_array_max, else 4)")
     num_chunks: int | None = flag(help="array size when tasks are generated in the same launch")
-    server_wait_timeout: int = flag(1800, "seconds jobs wait for the inference server (default 1800)")
+    server_wait_timeout: int | None = flag(help="seconds jobs wait for the inference server (default: the config's "
+                                                "healthcheck attempts x delay, else 1800)")
     only_failed_chunks: str | None = flag(help="resubmit only the unfinished chunks of that launch",
                                           metavar="EXPERIMENT_DIR")
 
@@ -145,12 +233,28 @@ class EvalOptions:
     eval_num_nodes: int | None = flag()
 
 
-GROUPS: tuple[type, ...] = (CommonOptions, ResourceOptions, TrainOptions, ConsolidateOptions, DatagenOptions,
-                            EvalOptions)
+@dataclass
+class PathOptions:
+    """paths (override the dotenv's)"""
+
+    #: Flag -> the variable it sets in every job's environment.
+    VARIABLES: ClassVar[dict[str, str]] = {"checkpoints_dir": "CHECKPOINTS_DIR", "models_dir": "MODELS_DIR",
+                                           "datasets_dir": "DATASETS_DIR", "tokenized_dir": "TOKENIZED_DATASETS_DIR"}
+
+    checkpoints_dir: str | None = flag(help="$CHECKPOINTS_DIR: where train output_dir defaults to <dir>/<job name>")
+    models_dir: str | None = flag(help="$MODELS_DIR")
+    datasets_dir: str | None = flag(help="$DATASETS_DIR")
+    tokenized_dir: str | None = flag(help="$TOKENIZED_DATASETS_DIR")
+    job_creator: str | None = flag(help="who launched it, recorded as created_by in the run summary (default: $USER)")
+
+
+GROUPS: tuple[type, ...] = (CommonOptions, ResourceOptions, PathOptions, TrainOptions, ConsolidateOptions,
+                            DatagenOptions, EvalOptions)
 
 
 @dataclass
-class LaunchOptions(EvalOptions, DatagenOptions, ConsolidateOptions, TrainOptions, ResourceOptions, CommonOptions):
+class LaunchOptions(EvalOptions, DatagenOptions, ConsolidateOptions, TrainOptions, PathOptions, ResourceOptions,
+                    CommonOptions):
     """Every launch option (the CLI's flags, or the Python API's keywords)."""
 
 

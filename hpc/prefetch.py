@@ -123,8 +123,11 @@ def _names(value: object) -> list[str]:
 
 
 def localize(config: dict[str, object], workdir: Path, experiment_dir: Path, fetch: Fetcher,
-             offline: bool) -> Localized:
-    """Fetch the Hub models and datasets of a LLaMA-Factory config and point it at the local copies."""
+             offline: bool, datasets: dict | None = None) -> Localized:
+    """Fetch the Hub models and datasets of a LLaMA-Factory config and point it at the local copies.
+
+    `datasets`: dataset_info entries already resolved (absolute file names), instead of the config's file.
+    """
     out = Localized(config=dict(config))
     for key in ("model_name_or_path", "adapter_name_or_path"):
         refs = [(name, hub_reference(name, workdir)) for name in _names(config.get(key))]
@@ -138,7 +141,7 @@ def localize(config: dict[str, object], workdir: Path, experiment_dir: Path, fet
                     paths.append(name)
             out.config[key] = ",".join(paths)
     used = _names(config.get("dataset")) + _names(config.get("eval_dataset"))
-    base, info = _dataset_info(config, workdir)
+    base, info = (Path("/"), datasets) if datasets is not None else _dataset_info(config, workdir)
     if info is None:
         out.notes.append(f"no {base}/dataset_info.json here: datasets were not checked for Hub downloads")
         info, used = {}, []

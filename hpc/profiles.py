@@ -29,6 +29,31 @@ EVAL_PLACEHOLDERS = {"model": "", "tasks": "", "output": "", "hpc_root": "", "no
 
 _SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@%/-]+")
 
+#: Clusters whose profiles were removed: `--cluster NAME` says why and what to use instead.
+RETIRED = {
+    "dip": "was retired: it has no SLURM, and its hostname pattern (*.dip.tu-dresden.de) matched any TU Dresden "
+           "campus machine; use --cluster alpha or capella (ZIH's SLURM clusters), or a profile of your own in "
+           "$HPC_LAUNCH_PROFILES",
+}
+
+
+@dataclass(frozen=True)
+class PartitionLimits:
+    """One partition's limits (profile key `partitions`); None is a limit the profile does not know."""
+
+    max_nodes: int | None = None
+    max_time: str | None = None
+    time_by_nodes: tuple[tuple[int, str], ...] = ()  # (up to this many nodes, max time), node counts ascending
+
+    def time_bin(self, nodes: int) -> tuple[str | None, int, int | None]:
+        """The max time of a job of `nodes` nodes, with its bin's first and last node count (None: open-ended)."""
+        first = 1
+        for up_to, limit in self.time_by_nodes:
+            if nodes <= up_to:
+                return limit, first, up_to
+            first = up_to + 1
+        return self.max_time, first, self.max_nodes
+
 
 @dataclass(frozen=True)
 class ClusterProfile:
@@ -62,16 +87,28 @@ class ClusterProfile:
     inference_server_command: list[str] | None = None
     tunnel_host: str | None = None
     tunnel_direct: list[str] | None = None
+    partitions: dict[str, PartitionLimits] = field(default_factory=dict)
+    account_required: bool = False
+    export_none: bool = True
+    gpu_types: dict[str, list[str]] = field(default_factory=dict)
     source: Path = field(default=Path(), compare=False)
 
     @property
     def max_seconds(self) -> int:
         return parse_time(self.max_time, f"{self.name}: max_time")
 
+    def limits(self, partition: str | None) -> PartitionLimits:
+        """The limits of `partition`; the default partition's max_time is the top-level one."""
+        own = self.partitions.get(partition or "", PartitionLimits())
+        if partition != self.partition:
+            return own
+        return PartitionLimits(max_nodes=own.max_nodes, max_time=self.max_time, time_by_nodes=own.time_by_nodes)
+
 
 _GPU_REQUESTS = ("gres", "gpus_per_node", "none")
 _FIELDS = {f.name: f for f in dataclasses.fields(ClusterProfile) if f.name != "source"}
-_OPTIONAL = {name for name, f in _FIELDS.items() if f.default is not dataclasses.MISSING}
+_OPTIONAL = {name for name, f in _FIELDS.items()
+             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
 _HINTS = typing.get_type_hints(ClusterProfile)
 
 
@@ -86,7 +123,8 @@ def _type_ok(value: object, hint: object) -> bool:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
     if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        _, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, item) for k, v in value.items())
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is object:
@@ -111,6 +149,8 @@ def parse_profile(data: object, source: Path) -> ClusterProfile:
     missing = [k for k in _FIELDS if k not in data and k not in _OPTIONAL]
     if missing:
         raise LaunchError(f"{where}: missing key {missing[0]!r} (see cluster_profiles/README.md)")
+    if "partitions" in data:
+        data = {**data, "partitions": _parse_partitions(data["partitions"], where)}
     for key, value in data.items():
         if not _type_ok(value, _HINTS[key]):
             raise LaunchError(
@@ -119,6 +159,54 @@ def parse_profile(data: object, source: Path) -> ClusterProfile:
     profile = ClusterProfile(**data, source=source)
     _check_values(profile, where)
     return profile
+
+
+_PARTITION_KEYS = ("max_nodes", "max_time", "time_by_nodes")
+
+
+def _parse_partitions(raw: object, where: str) -> dict[str, PartitionLimits]:
+    """The `partitions` mapping: name -> {max_nodes, max_time, time_by_nodes: [[up to nodes, time], ...]}."""
+    if not isinstance(raw, dict):
+        raise LaunchError(f"{where}: key 'partitions' must map partition names to their limits")
+    parsed: dict[str, PartitionLimits] = {}
+    for name, entry in raw.items():
+        at = f"{where}: partitions.{name}"
+        if not isinstance(name, str) or not _SBATCH_SAFE.fullmatch(name):
+            raise LaunchError(f"{at}: not a partition name sbatch can take")
+        if not isinstance(entry, dict) or set(entry) - set(_PARTITION_KEYS):
+            raise LaunchError(f"{at}: must be a mapping with keys among {', '.join(_PARTITION_KEYS)}")
+        max_nodes, max_time = entry.get("max_nodes"), entry.get("max_time")
+        if max_nodes is not None and (not _type_ok(max_nodes, int) or max_nodes < 1):
+            raise LaunchError(f"{at}.max_nodes must be a whole number of nodes, at least 1 (got {max_nodes!r})")
+        if max_time is not None:
+            parse_time(max_time, f"{at}.max_time")
+        bins = entry.get("time_by_nodes", [])
+        if not isinstance(bins, list) or not all(
+                isinstance(b, list) and len(b) == 2 and _type_ok(b[0], int) and isinstance(b[1], str) for b in bins):
+            raise LaunchError(f"{at}.time_by_nodes must be a list of [up to N nodes, max time] pairs, "
+                              'e.g. [[91, "02:00:00"], [183, "06:00:00"]]')
+        counts = [b[0] for b in bins]
+        if counts != sorted(set(counts)) or (counts and (counts[0] < 1 or (max_nodes or counts[-1]) < counts[-1])):
+            raise LaunchError(f"{at}.time_by_nodes: node counts must rise from 1 and stay within max_nodes")
+        for _, limit in bins:
+            parse_time(limit, f"{at}.time_by_nodes")
+        parsed[name] = PartitionLimits(max_nodes, max_time, tuple((n, t) for n, t in bins))
+    return parsed
+
+
+def _check_limits(p: ClusterProfile, where: str) -> None:
+    own = p.partitions.get(p.partition or "")
+    if own and own.max_time is not None and parse_time(own.max_time) != p.max_seconds:
+        raise LaunchError(f"{where}: partitions.{p.partition}.max_time {own.max_time} contradicts max_time "
+                          f"{p.max_time} of the default partition; give it once, as max_time")
+    for name in p.partitions:
+        limits = p.limits(name)
+        if p.max_nodes is not None and (limits.max_nodes or 0) > p.max_nodes:
+            raise LaunchError(f"{where}: partitions.{name}.max_nodes exceeds max_nodes {p.max_nodes}")
+        if limits.max_time and any(parse_time(t) > parse_time(limits.max_time) for _, t in limits.time_by_nodes):
+            raise LaunchError(f"{where}: partitions.{name}.time_by_nodes has a time above its max_time {limits.max_time}")
+    if p.gpu_types and p.gpu_type not in p.gpu_types:
+        raise LaunchError(f"{where}: key 'gpu_type' must name the default of gpu_types ({', '.join(p.gpu_types)})")
 
 
 def _check_values(p: ClusterProfile, where: str) -> None:
@@ -154,6 +242,7 @@ def _check_values(p: ClusterProfile, where: str) -> None:
             ) from None
     if parse_time(p.default_time, f"{where}: default_time") > p.max_seconds:
         raise LaunchError(f"{where}: default_time {p.default_time} exceeds max_time {p.max_time}")
+    _check_limits(p, where)
     for pattern in p.hostname_patterns:
         try:
             re.compile(pattern)
@@ -194,6 +283,8 @@ def load_profile(path: Path) -> ClusterProfile:
 
 def get_profile(name: str, environ: typing.Mapping[str, str] = os.environ) -> ClusterProfile:
     files = profile_files(environ)
+    if name not in files and name in RETIRED:
+        raise LaunchError(f"cluster {name!r} {RETIRED[name]}")
     if name not in files:
         raise LaunchError(f"unknown cluster {name!r}; known clusters: {', '.join(sorted(files))}")
     return load_profile(files[name])

@@ -68,6 +68,7 @@ class Resources:
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
+    gpu_type: str | None = None  # a name from the profile's gpu_types; the backend turns it into node constraints
 
 
 @dataclass(frozen=True)
@@ -112,18 +113,21 @@ class Train:
 
 @dataclass(frozen=True)
 class Server:
-    """An inference server: started, health-checked, then its endpoint published to endpoint_file."""
+    """An inference server: started, health-checked, then its endpoint JSON (model_name, endpoint_url)
+    published to endpoint_file."""
 
     command: list[str]  # PORT marks where the job's port goes
     port_base: int
     health_timeout: int
     endpoint_file: str
+    model_name: str
     helper: str
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A generator stage: tasks once, or traces per array task (a chunk of the task list)."""
+    """A generator stage: tasks once, or traces per array task (a chunk of the task list, as a directory of
+    symlinks). `command` is the generator's argv up to the per-job arguments; `extra` goes last."""
 
     stage: str
     command: list[str]
@@ -131,12 +135,14 @@ class Stage:
     output_dir: str
     target_repo: str | None
     helper: str
-    server_name: str | None
+    server_name: str | None  # set when the stage uses the launch's server (it waits for its endpoint)
     endpoint_file: str
     wait_timeout: int
+    engine_config: str
     tasks_dir: str | None = None
     num_chunks: int = 0
     chunk_offset: int = 0
+    jobs_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -67,17 +67,37 @@ def http(url: str, body: dict | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def engine_config(tmp: Path, name: str = "engine.yaml", **engine) -> str:
+    """An engine config in upstream's format (what the launcher writes as --engine-config)."""
+    path = tmp / name
+    extra = engine.pop("extra_agent_kwargs", {})
+    path.write_text(yaml.safe_dump({"engine": {"type": "none", **engine}, "backend": {"type": "none"},
+                                    "vllm_server": None, "extra_agent_kwargs": extra, "chunk_array_max": None}))
+    return str(path)
+
+
+def endpoint_json(tmp: Path, url: str, model: str) -> str:
+    """An endpoint JSON as the server job publishes it (endpoint_url without /v1)."""
+    path = tmp / "endpoint.json"
+    path.write_text(json.dumps({"model_name": model, "endpoint_url": url.removesuffix("/v1")}))
+    return str(path)
+
+
 def make_tasks(tmp: Path, n: int = 6) -> Path:
     out = tmp / "tasks"
-    proc = run_gen(tmp, "--stage", "tasks", "--output-dir", str(out), "--num-tasks", str(n))
+    proc = run_gen(tmp, "--stage", "tasks", "--engine-config", engine_config(tmp), "--output-dir", str(out),
+                   "--num-tasks", str(n))
     assert proc.returncode == 0, proc.stderr
     return out
 
 
-def tasks_list(tmp: Path, tasks: Path, n: int = 3) -> Path:
-    path = tmp / "chunk_000.txt"
-    path.write_text("".join(f"{d}\n" for d in sorted(tasks.iterdir())[:n]))
-    return path
+def tasks_input(tmp: Path, tasks: Path, n: int = 3) -> str:
+    """A chunk as the launcher gives it: a directory of symlinks to the first n tasks."""
+    chunk = tmp / "chunk_000"
+    chunk.mkdir()
+    for task in sorted(tasks.iterdir())[:n]:
+        (chunk / task.name).symlink_to(task)
+    return str(chunk)
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +164,14 @@ def test_tasks_then_traces(server, tmp_path):
     assert sorted(p.name for p in tasks.iterdir()) == [f"task_{i:04d}" for i in range(6)]
     first = json.loads((tasks / "task_0000" / "task.json").read_text())
     assert first == {"task_id": "task_0000", "question": "What is three plus four?", "answer": 7}
-    out = tmp_path / "traces"
-    proc = run_gen(tmp_path, "--stage", "traces", "--tasks-list", str(tasks_list(tmp_path, tasks)), "--output-dir",
-                   str(out), "--engine", "vllm_local", "--model", server["model"], "--endpoint", server["url"],
-                   "--agent-name", "single_turn", "--agent-kwargs", '{"max_tokens": 8}', "--n-concurrent", "2",
-                   "--num-tasks", "6")  # the launcher passes EXTRA to both stages
+    out, jobs = tmp_path / "traces", tmp_path / "jobs"
+    config = engine_config(tmp_path, type="vllm_local", model="ignored: the endpoint names the model")
+    proc = run_gen(tmp_path, "--stage", "traces", "--engine-config", config, "--tasks-input",
+                   tasks_input(tmp_path, tasks), "--output-dir", str(out), "--trace-jobs-dir", str(jobs),
+                   "--endpoint-json", endpoint_json(tmp_path, server["url"], server["model"]),
+                   "--trace-agent-name", "single_turn", "--trace-agent-kwargs", '{"max_tokens": 8}',
+                   "--trace-n-concurrent", "2", "--trace-episodes", "last", "--trace-export-filter", "none",
+                   "--trace-dataset-type", "SFT", "--trace-export-subagents", "--no-upload")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["task_0000.json", "task_0001.json", "task_0002.json"]
     trace = json.loads((out / "task_0001.json").read_text())
@@ -156,18 +179,51 @@ def test_tasks_then_traces(server, tmp_path):
     assert trace["messages"] == [{"role": "user", "content": trace["task"]["question"]}]
     assert isinstance(trace["response"], str) and 1 <= trace["usage"]["completion_tokens"] <= 8
     assert trace["agent"]["name"] == "single_turn" and trace["agent"]["kwargs"] == {"max_tokens": 8}
+    assert json.loads((jobs / "run.json").read_text())["tasks"] == 3
+
+
+def test_config_supplies_agent_kwargs_and_endpoint(server, tmp_path):
+    """Without --trace-agent-kwargs and --endpoint-json: extra_agent_kwargs and engine.vllm_local.endpoint_json."""
+    tasks = make_tasks(tmp_path, 2)
+    local = {"endpoint_json": endpoint_json(tmp_path, server["url"], server["model"])}
+    config = engine_config(tmp_path, "cfg.yaml", type="VLLM_LOCAL", vllm_local=local, max_output_tokens=4,
+                           extra_agent_kwargs={"system_prompt": "Answer with a number."})
+    proc = run_gen(tmp_path, "--stage", "traces", "--tasks-input", tasks_input(tmp_path, tasks, 2), "--output-dir",
+                   str(tmp_path / "traces"), env=clean_env(tmp_path, DATAGEN_CONFIG_PATH=config))
+    assert proc.returncode == 0, proc.stderr
+    trace = json.loads((tmp_path / "traces" / "task_0000.json").read_text())
+    assert trace["messages"][0] == {"role": "system", "content": "Answer with a number."}
+    assert trace["usage"]["completion_tokens"] <= 4
+
+
+def test_stage_both_and_limit(tmp_path):
+    out = tmp_path / "out"
+    proc = run_gen(tmp_path, "--stage", "tasks", "--stage", "both", "--limit", "3", "--engine-config",
+                   engine_config(tmp_path), "--output-dir", str(out), "--num-tasks", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((out / "tasks").iterdir())) == 3 and len(list((out / "traces").glob("*.json"))) == 3
+
+
+def test_strict_upstream_parsing(tmp_path):
+    unknown = run_gen(tmp_path, "--stage", "tasks", "--engine-config", engine_config(tmp_path), "--output-dir",
+                      str(tmp_path / "t"), "--tasks-list", "chunk.txt")
+    assert unknown.returncode == 2 and "unrecognized arguments: --tasks-list" in unknown.stderr
+    missing = run_gen(tmp_path, "--stage", "tasks", "--output-dir", str(tmp_path / "t"))
+    assert missing.returncode == 2 and "Set --engine-config or export DATAGEN_CONFIG_PATH" in missing.stderr
 
 
 def test_uploads_go_to_private_dataset_repos(server, fake_hub, tmp_path):
     env = clean_env(tmp_path, HF_TOKEN="x", **fake_hub.env())
     tasks = tmp_path / "tasks"
-    proc = run_gen(tmp_path, "--stage", "tasks", "--output-dir", str(tasks), "--num-tasks", "3", "--target-repo",
-                   "org/tiny-tasks", env=env)
+    proc = run_gen(tmp_path, "--stage", "tasks", "--engine-config", engine_config(tmp_path), "--output-dir",
+                   str(tasks), "--num-tasks", "3", "--target-repo", "org/tiny-tasks", env=env)
     assert proc.returncode == 0, proc.stderr
     assert sorted(fake_hub.repo_files("org/tiny-tasks", "dataset")) == [f"task_{i:04d}/task.json" for i in range(3)]
-    proc = run_gen(tmp_path, "--stage", "traces", "--tasks-list", str(tasks_list(tmp_path, tasks)), "--output-dir",
-                   str(tmp_path / "traces"), "--model", server["model"], "--endpoint", server["url"],
-                   "--target-repo", "org/tiny-traces-chunk000", env=env)
+    config = engine_config(tmp_path, "local.yaml", type="vllm_local")
+    proc = run_gen(tmp_path, "--stage", "traces", "--engine-config", config, "--tasks-input",
+                   tasks_input(tmp_path, tasks), "--output-dir", str(tmp_path / "traces"), "--endpoint-json",
+                   endpoint_json(tmp_path, server["url"], server["model"]), "--target-repo",
+                   "org/tiny-traces-chunk000", env=env)
     assert proc.returncode == 0, proc.stderr
     files = fake_hub.repo_files("org/tiny-traces-chunk000", "dataset")
     assert sorted(files) == ["task_0000.json", "task_0001.json", "task_0002.json"]
@@ -176,17 +232,21 @@ def test_uploads_go_to_private_dataset_repos(server, fake_hub, tmp_path):
     assert len(fake_hub.commits("org/tiny-traces-chunk000", "dataset")) == 2  # the initial commit + one upload
 
 
-def test_failed_upload_is_one_error_line(fake_hub, tmp_path):
-    proc = run_gen(tmp_path, "--stage", "tasks", "--output-dir", str(tmp_path / "t"), "--num-tasks", "1",
-                   "--target-repo", "org/x", env=clean_env(tmp_path, **fake_hub.env()))  # no token: 401
+def test_no_upload_and_failed_upload(fake_hub, tmp_path):
+    env = clean_env(tmp_path, **fake_hub.env())  # no token: an upload gets 401
+    args = ["--stage", "tasks", "--engine-config", engine_config(tmp_path), "--output-dir", str(tmp_path / "t"),
+            "--num-tasks", "1", "--target-repo", "org/x"]
+    assert run_gen(tmp_path, *args, "--no-upload", env=env).returncode == 0
+    proc = run_gen(tmp_path, *args, env=env)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "org/x" in proc.stderr, proc.stderr
 
 
 def test_engine_none_needs_no_server(tmp_path):
     tasks = make_tasks(tmp_path, 4)
-    proc = run_gen(tmp_path, "--stage", "traces", "--tasks-list", str(tasks_list(tmp_path, tasks, 4)),
-                   "--output-dir", str(tmp_path / "traces"), "--engine", "none", "--n-concurrent", "3")
+    proc = run_gen(tmp_path, "--stage", "traces", "--engine-config", engine_config(tmp_path), "--tasks-input",
+                   tasks_input(tmp_path, tasks, 4), "--output-dir", str(tmp_path / "traces"),
+                   "--trace-n-concurrent", "3")
     assert proc.returncode == 0, proc.stderr
     trace = json.loads((tmp_path / "traces" / "task_0000.json").read_text())
     assert trace["response"] == "(echo) What is three plus four?" and trace["engine"] == "none"
@@ -204,9 +264,11 @@ def test_unreachable_endpoint_is_one_clear_error_line(tmp_path):
     tasks = make_tasks(tmp_path, 2)
     url = f"http://127.0.0.1:{free_port()}/v1"
     secret = "sk-test-must-never-be-printed"
-    proc = run_gen(tmp_path, "--stage", "traces", "--tasks-list", str(tasks_list(tmp_path, tasks, 2)), "--output-dir",
-                   str(tmp_path / "traces"), "--engine", "openai", "--model", "m", "--endpoint", url,
-                   "--n-concurrent", "2", env=clean_env(tmp_path, OPENAI_API_KEY=secret))
+    config = engine_config(tmp_path, "openai.yaml", type="openai", model="m", openai={"api_key_env": "MY_KEY"})
+    proc = run_gen(tmp_path, "--stage", "traces", "--engine-config", config, "--tasks-input",
+                   tasks_input(tmp_path, tasks, 2), "--output-dir", str(tmp_path / "traces"),
+                   "--trace-model", "openai/m", "--trace-n-concurrent", "2",
+                   env=clean_env(tmp_path, OPENAI_BASE_URL=url, MY_KEY=secret, OPENAI_API_KEY=secret))
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("generate.py: error:"), proc.stderr
@@ -216,8 +278,9 @@ def test_unreachable_endpoint_is_one_clear_error_line(tmp_path):
 
 def test_http_error_names_url_and_status(server, tmp_path):
     tasks = make_tasks(tmp_path, 1)
-    proc = run_gen(tmp_path, "--stage", "traces", "--tasks-list", str(tasks_list(tmp_path, tasks, 1)), "--output-dir",
-                   str(tmp_path / "traces"), "--model", "no-such-model", "--endpoint", server["url"])
+    proc = run_gen(tmp_path, "--stage", "traces", "--engine-config", engine_config(tmp_path, type="vllm_local"),
+                   "--tasks-input", tasks_input(tmp_path, tasks, 1), "--output-dir", str(tmp_path / "traces"),
+                   "--endpoint-json", endpoint_json(tmp_path, server["url"], "no-such-model"))
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert f"{server['url']}/chat/completions -> HTTP 404" in proc.stderr
@@ -225,8 +288,9 @@ def test_http_error_names_url_and_status(server, tmp_path):
 
 def test_anthropic_without_key_exits_2(tmp_path):
     tasks = make_tasks(tmp_path, 1)
-    proc = run_gen(tmp_path, "--stage", "traces", "--tasks-list", str(tasks_list(tmp_path, tasks, 1)), "--output-dir",
-                   str(tmp_path / "traces"), "--engine", "anthropic", "--model", "claude")
+    proc = run_gen(tmp_path, "--stage", "traces", "--engine-config",
+                   engine_config(tmp_path, "a.yaml", type="anthropic", model="claude"), "--tasks-input",
+                   tasks_input(tmp_path, tasks, 1), "--output-dir", str(tmp_path / "traces"))
     assert proc.returncode == 2 and "ANTHROPIC_API_KEY" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
 

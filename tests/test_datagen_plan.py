@@ -55,6 +55,7 @@ def test_server_tasks_array_and_cleanup(setup, user_profiles):
     traces_script = script(plan, "traces")
     assert '--target-repo org/traces"-chunk${chunk_id}"' in traces_script
     assert "--num-chunks 5" in traces_script and "%x_%A_%a.out" in traces_script
+    assert '--tasks-input "$chunk_dir"' in traces_script and '--endpoint-json' in traces_script
     assert "scancel --name dg_server --me" in script(plan, "cleanup")
     assert '--port "$port"' in script(plan, "server")
     for job in plan.jobs:
@@ -68,7 +69,7 @@ def test_thousand_chunks_are_one_array(setup):
 
 
 def test_above_max_array_size_several_arrays_run_one_after_another(setup):
-    plan = build_plan(_opts(setup, num_chunks=1000), limits=Limits(max_array_size=401))
+    plan = build_plan(_opts(setup, num_chunks=1000), limits=lambda: Limits(max_array_size=401))
     traces = [j for j in plan.jobs if j.job_type == "traces"]
     arrays = materialized(plan).arrays
     assert [arrays[j.key] for j in traces] == ["0-399%2", "0-399%2", "0-199%2"]
@@ -131,7 +132,8 @@ def test_bad_input(setup, changes, message):
 
 def test_unknown_engine(setup):
     (setup / "bad.yaml").write_text(yaml.safe_dump({"engine": "gpt5", "model": "m"}))
-    with pytest.raises(LaunchError, match="unknown engine 'gpt5'; use one of openai, anthropic, vllm_local, none"):
+    with pytest.raises(LaunchError, match="unknown engine 'gpt5'; use one of openai, anthropic, vllm_local, gemini_openai, "
+                       "google_gemini, none"):
         build_plan(_opts(setup, datagen_config="bad.yaml"))
 
 

@@ -50,6 +50,9 @@ CASES = {
     "datagen_jureca_traces": ["--cluster", "jureca", "--job_type", "datagen", "--datagen_config", "dg.yaml",
                               "--no-enable_task_gen", "--trace_script", "gen.py", "--trace_input_path", "tasks",
                               *TRACES, "--chunk_size", "2"],
+    "datagen_upstream_perlmutter": ["--cluster", "perlmutter", *DATAGEN, "--datagen_config", "upstream.yaml",
+                                    "--datagen_extra_args", "--stage both --limit 200", *TRACES,
+                                    "--trace_harbor_config", "harbor.yaml", "--num_chunks", "4"],
 }
 
 
@@ -81,6 +84,15 @@ def workdir(tmp_path, monkeypatch):
         "engine": "vllm_local", "model": "build/tiny/model", "chunk_size": 4, "chunk_parallelism": 2,
         "server": {"command": ["python", "{hpc_root}/examples/datagen/serve_tiny.py", "--model", "{model}", "--port",
                                "{port}"], "gpus": 1, "health_timeout": 120, "time_limit": "02:00:00"}}))
+    (tmp_path / "upstream.yaml").write_text(yaml.safe_dump({  # upstream's datagen config format
+        "engine": {"type": "vllm_local", "model": "Qwen/Qwen3-8B", "max_output_tokens": 4096, "vllm_local": {}},
+        "backend": {"type": "vllm", "healthcheck_max_attempts": 40, "healthcheck_retry_delay": 15},
+        "vllm_server": {"model_path": "Qwen/Qwen3-8B", "tensor_parallel_size": 2, "data_parallel_size": 2,
+                        "max_model_len": 32768, "gpu_memory_utilization": 0.9, "reasoning_parser": "qwen3",
+                        "time_limit": "24:00:00", "extra_args": ["--enable-prefix-caching"]},
+        "extra_agent_kwargs": {"reasoning_effort": "medium"}, "chunk_array_max": 3}))
+    (tmp_path / "harbor.yaml").write_text(yaml.safe_dump({"agents": [{"name": "terminus-2",
+                                                                       "model_name": "placeholder/override-at-runtime"}]}))
     for i in range(5):
         (tmp_path / "tasks" / f"task_{i}").mkdir(parents=True)
     profiles = tmp_path / "profiles"

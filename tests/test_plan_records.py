@@ -114,7 +114,8 @@ def test_an_old_manifest_without_schema_is_upgraded_on_read(tmp_path):
     assert [j.key for j in manifest.submitted] == ["train", "eval"]
     manifest.write()  # written back in today's shape
     data = json.loads((d / "manifest.json").read_text())
-    assert data["schema"] == SCHEMA and "slurm_job_id" not in data["jobs"][0] and data["jobs"][1]["state"] == "CANCELLED"
+    assert data["schema"] == SCHEMA and data["backend"] == "slurm"
+    assert "slurm_job_id" not in data["jobs"][0] and data["jobs"][1]["state"] == "CANCELLED"
     assert manifests.read(d) == manifest
 
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """A small OpenAI-compatible chat server for a local causal LM on CPU: the local cluster's `vllm serve`.
 
-    serve_tiny.py --model DIR --port PORT [--host 127.0.0.1] [--max-new-tokens 32] [--threads 1]
+    serve_tiny.py --model DIR --port PORT [--host 127.0.0.1] [--served-model-name NAME] [--max-new-tokens 32]
+                  [--threads 1]
 
 GET  /v1/models            {"object": "list", "data": [{"id": MODEL, "object": "model", ...}]}
 POST /v1/chat/completions  {"model", "messages", "max_tokens", "temperature"} -> an OpenAI chat.completion
 GET  /health               200 once the model is loaded (the socket only opens then, as with vLLM)
 
-MODEL (the served name) is --model exactly as given, as with vLLM; requests naming another model get 404.
+MODEL (the served name) is --served-model-name, else --model exactly as given, as with vLLM; requests naming
+another model get 404.
 A relative DIR is looked up from the current directory, then from the repo root. Decoding is always greedy
 (temperature is accepted and ignored); max_tokens is capped at --max-new-tokens. Generation is serialized
 (one lock), HTTP is threaded. Fully offline (local files only). SIGTERM/SIGINT shut down cleanly (exit 0).
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="local model directory (also the served model name)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--served-model-name", help="the name clients use (default: --model as given)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="default and upper limit of max_tokens")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = p.parse_args(argv)
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (model_dir / "config.json").is_file():
         p.error(f"--model {args.model}: no model directory (config.json) there")
     started = time.monotonic()
-    Handler.engine = Engine(model_dir, args.model, args.max_new_tokens, args.threads)
+    name = args.served_model_name or args.model
+    Handler.engine = Engine(model_dir, name, args.max_new_tokens, args.threads)
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
 
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     host, port = server.server_address[:2]
-    log(f"serving {args.model} ({model_dir}) at http://{host}:{port}/v1, loaded in {time.monotonic() - started:.1f}s")
+    log(f"serving {name} ({model_dir}) at http://{host}:{port}/v1, loaded in {time.monotonic() - started:.1f}s")
     server.serve_forever()
     server.server_close()
     log("stopped")

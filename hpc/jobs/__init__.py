@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ class JobType:
     help: str
     module: str  # its build_plan(opts, environ, limits) -> Plan
 
-    def build(self, opts: "LaunchOptions", environ: Mapping[str, str], limits: "Limits") -> "Plan":
+    def build(self, opts: "LaunchOptions", environ: Mapping[str, str], limits: Callable[[], "Limits"]) -> "Plan":
         return importlib.import_module(self.module).build_plan(opts, environ, limits)
 
 

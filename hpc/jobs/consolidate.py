@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +27,7 @@ SCRIPT_REL = f"{PROGRAMS}/consolidate.py"
 DTYPES = ("fp32", "bf16")
 
 
-def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Limits = Limits()) -> Plan:
+def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Callable[[], Limits] = Limits) -> Plan:
     """--job_type consolidate: one consolidate job (and eval after it when asked)."""
     source = opts.consolidate_input
     if not source:

@@ -11,14 +11,16 @@ import json
 import math
 import os
 import shlex
-from collections.abc import Mapping
-from dataclasses import asdict, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import yaml
+
 from hpc import ROOT
 from hpc.context import Launch, Limits, resolve_context
-from hpc.datagen_config import DatagenConfig, load_config
+from hpc.datagen_config import DatagenConfig, load_config, needs_server
 from hpc.errors import LaunchError
 from hpc.jobside.datagen import task_list
 from hpc.options import DatagenOptions, LaunchOptions, group_values
@@ -28,47 +30,68 @@ from hpc.spec import PORT, PROGRAMS, Array, Cancel, Dependency, Plan, Resources,
 HELPER_SOURCE = ROOT / "hpc" / "jobside" / "datagen.py"
 HELPER_REL = f"{PROGRAMS}/datagen.py"
 ENDPOINT_REL = "state/endpoint.json"
+ENGINE_CONFIG_REL = {"tasks": "configs/datagen_config.resolved.yaml",
+                     "traces": "configs/datagen_config_trace.resolved.yaml"}
 
 
-def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Limits = Limits()) -> Plan:
+def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Callable[[], Limits] = Limits) -> Plan:
     """The datagen launch as data (or, with --only_failed_chunks EXP, the unfinished chunks of EXP)."""
     ctx = resolve_context(opts, environ)
     if opts.only_failed_chunks:
         record, chunks, job_name = _retry(opts)
         d = replace(opts, **{**record["options"], "enable_task_gen": False})
-        config = DatagenConfig(**record["config"])
+        config = DatagenConfig.from_record(record["config"])
     else:
         d = opts
-        config = load_config(d, ctx.workdir, ctx.profile.inference_server_command)
+        config = load_config(d, ctx, environ)
         job_name = opts.job_name or f"datagen_{config.engine}_{datetime.now():%Y%m%d-%H%M%S}"
         exp = ctx.experiments_dir / job_name
         tasks_dir = Path(d.trace_input_path or d.datagen_output_dir or exp / "outputs" / "tasks").absolute()
         num_chunks = _num_chunks(d, config, tasks_dir) if d.enable_trace_gen else 0
-        record = {"config": asdict(config), "options": group_values(d, DatagenOptions), "tasks_dir": str(tasks_dir),
+        record = {"config": config.record(), "options": group_values(d, DatagenOptions), "tasks_dir": str(tasks_dir),
                   "traces_dir": str(Path(d.trace_output_dir or exp / "outputs" / "traces").absolute()),
                   "num_chunks": num_chunks}
         chunks = list(range(num_chunks))
     launch = Launch(d, ctx, job_name, limits)
     tasks_dir, traces_dir = Path(record["tasks_dir"]), Path(record["traces_dir"])
+    endpoint = config.endpoint_file or str(launch.experiment_dir / ENDPOINT_REL)
+    engine_files = _engine_files(launch, config, endpoint)
+    served = {stage: config.server is not None and on and needs_server(cfg) for stage, cfg, on in
+              (("tasks", config.engine_config, d.enable_task_gen), ("traces", config.trace_engine_config, bool(chunks)))}
     user_deps = launch.user_dependencies()
-    steps: list[Step] = []
-    if config.engine == "vllm_local":
-        steps.append(_server_step(launch, config, user_deps))
-    with_server = bool(steps)
-    first_deps = (Dependency("after", job="server"),) if with_server else user_deps
+    with_server = any(served.values())
+    steps: list[Step] = [_server_step(launch, config, endpoint, user_deps)] if with_server else []
+    after_server = (Dependency("after", job="server"),)
     if d.enable_task_gen:
-        steps.append(_tasks_step(launch, config, first_deps, with_server, tasks_dir))
+        body = _stage_body(launch, config, "tasks", served["tasks"], endpoint, engine_files["tasks"][0], tasks_dir,
+                           d.datagen_target_repo)
+        steps.append(_stage_step(launch, config, "tasks", body, after_server if served["tasks"] else user_deps))
     if chunks:
-        deps = (Dependency("afterok", job="tasks"), *first_deps) if d.enable_task_gen else first_deps
-        steps += _trace_arrays(launch, config, deps, with_server, tasks_dir, traces_dir, chunks, record["num_chunks"])
-    work = tuple(Dependency("afterany", job=s.job.key) for s in steps[1 if with_server else 0:])
+        deps = after_server if served["traces"] else user_deps
+        deps = (Dependency("afterok", job="tasks"), *deps) if d.enable_task_gen else deps
+        body = _stage_body(launch, config, "traces", served["traces"], endpoint, engine_files["traces"][0],
+                           traces_dir, d.trace_target_repo, tasks_dir=str(tasks_dir), num_chunks=record["num_chunks"],
+                           jobs_dir=str(launch.experiment_dir / "trace_jobs"))
+        steps += _trace_arrays(launch, config, body, deps, chunks)
+    work = tuple(Dependency("afterany", job=s.job.key) for s in steps if s.job.key != "server")
     if with_server:
         steps.append(_cleanup_step(launch, work))
     if not ctx.profile.internet and (uploads := _deferred_uploads(d, tasks_dir, traces_dir, chunks)):
         steps[-1] = replace(steps[-1], deferred={"uploads": uploads})
     plan = finish(launch, steps, sync_after=work)
     files = {HELPER_REL: HELPER_SOURCE.read_text(), "configs/datagen.json": json.dumps(record, indent=2) + "\n"}
+    files.update({ENGINE_CONFIG_REL[stage]: text for stage, (path, text) in engine_files.items() if text})
     return replace(plan, files={**files, **plan.files})
+
+
+def _engine_files(launch: Launch, config: DatagenConfig, endpoint: str) -> dict[str, tuple[str, str]]:
+    """Each stage's --engine-config (path, YAML text; the traces' text is empty when it is the tasks' file)."""
+    exp = launch.experiment_dir
+    tasks = yaml.safe_dump(config.with_endpoint(config.engine_config, endpoint), sort_keys=False)
+    traces = yaml.safe_dump(config.with_endpoint(config.trace_engine_config, endpoint), sort_keys=False)
+    if traces == tasks:
+        return {"tasks": (str(exp / ENGINE_CONFIG_REL["tasks"]), tasks), "traces": (str(exp / ENGINE_CONFIG_REL["tasks"]), "")}
+    return {stage: (str(exp / ENGINE_CONFIG_REL[stage]), text) for stage, text in (("tasks", tasks), ("traces", traces))}
 
 
 def _deferred_uploads(d: DatagenOptions, tasks_dir: Path, traces_dir: Path, chunks: list[int]) -> list[dict]:
@@ -104,6 +127,8 @@ def _num_chunks(d: DatagenOptions, config: DatagenConfig, tasks_dir: Path) -> in
     if d.enable_task_gen:
         raise LaunchError("trace generation after task generation in the same launch needs --num_chunks N "
                           "(the array size; the generated tasks are split evenly inside the jobs)")
+    if config.chunk_size < 1:
+        raise LaunchError(f"--chunk_size must be at least 1 (got {config.chunk_size})")
     n = len(task_list(tasks_dir))
     if n == 0:
         raise LaunchError(f"--trace_input_path {tasks_dir} holds no tasks")
@@ -116,45 +141,70 @@ def _resources(launch: Launch, gpus: int, cpus: int | None, time_limit: str | No
                             time_limit=time_limit or opts.time_limit, gpus_per_node=gpus, cpus=cpus)
 
 
-def _server_step(launch: Launch, config: DatagenConfig, deps: tuple[Dependency, ...]) -> Step:
-    values = {"model": config.model, "port": PORT, "gpus": str(config.server_gpus), "hpc_root": str(ROOT)}
-    exp = launch.experiment_dir
-    body = Server(command=[arg.format_map(values) for arg in config.server_command], port_base=config.server_port,
-                  health_timeout=config.health_timeout, endpoint_file=str(exp / ENDPOINT_REL),
-                  helper=str(exp / HELPER_REL))
-    resources = _resources(launch, config.server_gpus, None, config.server_time_limit)
-    return Step(launch.job("server", body, resources, dependencies=deps))
+def _server_step(launch: Launch, config: DatagenConfig, endpoint: str, deps: tuple[Dependency, ...]) -> Step:
+    server = config.server
+    assert server is not None
+    body = Server(command=[arg.replace("{port}", PORT) for arg in server.command], port_base=server.port,
+                  health_timeout=server.health_timeout, endpoint_file=endpoint, model_name=server.model_name,
+                  helper=str(launch.experiment_dir / HELPER_REL))
+    try:
+        resources = _resources(launch, server.gpus, None, server.time_limit)
+    except LaunchError as exc:
+        if not server.time_limit:
+            raise
+        raise LaunchError(f"the datagen config's server time_limit {server.time_limit}: {exc}") from None
+    return Step(launch.job("server", body, resources, dependencies=deps, extra_env=server.env))
 
 
-def _stage_body(launch: Launch, config: DatagenConfig, stage: str, with_server: bool, output_dir: Path,
-                target_repo: str | None, **chunking: object) -> Stage:
-    """The generator's command line for a stage (per-chunk arguments are added in the job)."""
+def _flags(pairs: tuple[tuple[str, object], ...]) -> list[str]:
+    """--flag value for each value given (floats without a needless .0)."""
+    argv: list[str] = []
+    for flag, value in pairs:
+        if value is not None:
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return argv
+
+
+def _stage_body(launch: Launch, config: DatagenConfig, stage: str, served: bool, endpoint: str,
+                engine_file: str, output_dir: Path, target_repo: str | None, **chunking: object) -> Stage:
+    """The generator's command line for a stage, upstream's contract (per-chunk arguments are added in the job)."""
     d, exp = launch.opts, launch.experiment_dir
     script = d.datagen_script if stage == "tasks" else (d.trace_script or d.datagen_script)
-    model = (d.trace_model or config.model) if stage == "traces" else config.model
-    argv = ["python", str(script), "--stage", stage, "--engine", config.engine, "--model", model]
-    if stage == "traces":
-        for flag, value in (("--agent-name", d.trace_agent_name), ("--agent-kwargs", d.trace_agent_kwargs),
-                            ("--n-concurrent", d.trace_n_concurrent), ("--env", d.trace_env),
-                            ("--harbor-config", d.trace_harbor_config)):
-            if value is not None:
-                argv += [flag, str(value)]
-    return Stage(stage=stage, command=argv, extra=shlex.split(d.datagen_extra_args or ""), output_dir=str(output_dir),
-                 target_repo=target_repo if launch.profile.internet else None, helper=str(exp / HELPER_REL),
-                 server_name=f"{launch.job_name}_server" if with_server else None,
-                 endpoint_file=str(exp / ENDPOINT_REL), wait_timeout=d.server_wait_timeout, **chunking)
+    argv = ["python", str(script), "--stage", stage, "--engine-config", engine_file]
+    if stage == "tasks":
+        argv += _flags((("--input-dir", d.datagen_input_dir),))
+    else:
+        kwargs = {**config.trace_engine_config["extra_agent_kwargs"], **json.loads(d.trace_agent_kwargs or "{}")}
+        argv += _flags((("--trace-model", config.trace_model), ("--trace-agent-name", d.trace_agent_name),
+                        ("--trace-agent-kwargs", json.dumps(kwargs) if kwargs else None),
+                        ("--trace-n-concurrent", d.trace_n_concurrent), ("--trace-env", d.trace_env),
+                        ("--trace-harbor-config", d.trace_harbor_config), ("--trace-episodes", "last"),
+                        ("--trace-export-filter", "none"), ("--trace-dataset-type", "SFT"),
+                        ("--trace-agent-timeout-sec", d.trace_agent_timeout_sec),
+                        ("--trace-verifier-timeout-sec", d.trace_verifier_timeout_sec)))
+        argv.append("--trace-export-subagents" if d.trace_export_subagents else "--trace-skip-subagents")
+        argv += ["--trace-eval-only"] if d.trace_eval_only else []
+    argv += _flags((("--task-type", d.task_type),)) + (["--disable-verification"] if d.disable_verification else [])
+    online = launch.profile.internet
+    argv += [] if online else ["--no-upload"]  # hpc.sync uploads afterwards
+    return Stage(stage=stage, command=argv, extra=shlex.split(d.datagen_extra_args or "") if stage == "tasks" else [],
+                 output_dir=str(output_dir), target_repo=target_repo if online else None, helper=str(exp / HELPER_REL),
+                 server_name=f"{launch.job_name}_server" if served else None, endpoint_file=endpoint,
+                 wait_timeout=config.wait_timeout, engine_config=engine_file, **chunking)  # type: ignore[arg-type]
 
 
-def _tasks_step(launch: Launch, config: DatagenConfig, deps: tuple[Dependency, ...], with_server: bool,
-                tasks_dir: Path) -> Step:
-    body = _stage_body(launch, config, "tasks", with_server, tasks_dir, launch.opts.datagen_target_repo)
-    return Step(launch.job("tasks", body, _resources(launch, 0, config.cpus_per_task), dependencies=deps))
+def _stage_step(launch: Launch, config: DatagenConfig, key: str, body: Stage, deps: tuple[Dependency, ...],
+                **job: object) -> Step:
+    """A stage's job; DATAGEN_CONFIG_PATH names its engine config too, as upstream's generators expect."""
+    env = {"DATAGEN_CONFIG_PATH": body.engine_config}
+    return Step(launch.job(key, body, _resources(launch, 0, config.cpus_per_task), dependencies=deps, extra_env=env,
+                           **job))  # type: ignore[arg-type]
 
 
-def _trace_arrays(launch: Launch, config: DatagenConfig, deps: tuple[Dependency, ...], with_server: bool,
-                  tasks_dir: Path, output_dir: Path, chunks: list[int], num_chunks: int) -> list[Step]:
+def _trace_arrays(launch: Launch, config: DatagenConfig, body: Stage, deps: tuple[Dependency, ...],
+                  chunks: list[int]) -> list[Step]:
     """All chunks as one array; above the backend's array size limit, several arrays, each after the one before."""
-    per_array = launch.limits.max_array_size - 1  # array indices must stay below MaxArraySize
+    per_array = launch.limits().max_array_size - 1  # array indices must stay below MaxArraySize
     groups: dict[int, list[int]] = {}
     for chunk in chunks:
         groups.setdefault(chunk // per_array, []).append(chunk)
@@ -162,12 +212,10 @@ def _trace_arrays(launch: Launch, config: DatagenConfig, deps: tuple[Dependency,
     for n, (group, members) in enumerate(sorted(groups.items())):
         key = "traces" if len(groups) == 1 else f"traces_{n}"
         offset = group * per_array
-        body = _stage_body(launch, config, "traces", with_server, output_dir, launch.opts.trace_target_repo,
-                           tasks_dir=str(tasks_dir), num_chunks=num_chunks, chunk_offset=offset)
         array = Array(indices=tuple(c - offset for c in members), parallel=config.chunk_parallelism)
         job_deps = deps if not steps else (Dependency("afterany", job=steps[-1].job.key),)
-        steps.append(Step(launch.job(key, body, _resources(launch, 0, config.cpus_per_task), job_type="traces",
-                                     dependencies=job_deps, array=array)))
+        steps.append(_stage_step(launch, config, key, replace(body, chunk_offset=offset), job_deps,
+                                 job_type="traces", array=array))
     return steps
 
 

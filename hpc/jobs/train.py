@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,8 @@ from hpc import ROOT
 from hpc.context import Launch, Limits
 from hpc.errors import LaunchError
 from hpc.jobs import consolidate, evaluate
+from hpc.lf_check import check_train_config
+from hpc.lf_data import INFO_REL, parse_extra_args, resolve_datasets
 from hpc.options import LaunchOptions
 from hpc.pipeline import LAUNCH_REL, finish, launch_record
 from hpc.prefetch import Fetcher, cache_dir, localize
@@ -59,6 +62,8 @@ def apply_global_batch_size(config: dict[str, object], global_batch_size: int | 
     """Set gradient_accumulation_steps so that batch x accumulation x world size == global batch size."""
     if global_batch_size is None:
         return
+    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int):
+        raise LaunchError(f"global_batch_size must be a whole number, not {global_batch_size!r}; fix the YAML")
     per_device = int(config.get("per_device_train_batch_size", 1))  # type: ignore[arg-type]
     per_step = per_device * world_size
     if global_batch_size < 1 or global_batch_size % per_step:
@@ -89,7 +94,7 @@ def _check_local_files(config: Mapping[str, object], workdir: Path) -> None:
             raise LaunchError(f"the train config has no {key!r}; add it to the YAML or pass --{key}")
 
 
-def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Limits = Limits()) -> Plan:
+def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Callable[[], Limits] = Limits) -> Plan:
     """The train launch as data (train, then optional consolidate and eval). Writes nothing."""
     config_path, yaml_config = load_train_yaml(opts.train_config_path)
     launch = Launch.create(opts, lambda ctx: _default_job_name(config_path), environ, limits)
@@ -122,11 +127,15 @@ def train_step(launch: Launch, config_path: Path, yaml_config: dict) -> Step:
         "output_dir": str(Path(checkpoints) / job_name) if checkpoints else str(experiment_dir / "checkpoints"),
         "run_name": job_name,
     }
-    config = merge_config(yaml_config, opts.train_overrides, p.train_defaults, builtin)
-    apply_global_batch_size(
-        config, opts.global_batch_size, resources.nodes * nproc, opts.gradient_accumulation_steps is not None
-    )
+    yaml_config = dict(yaml_config)
+    yaml_batch = yaml_config.pop("global_batch_size", None)  # upstream's launcher-only key: never reaches LF
+    global_batch = opts.global_batch_size if opts.global_batch_size is not None else yaml_batch
+    overrides = {**opts.train_overrides, **parse_extra_args(opts.train_extra_args)}
+    config = merge_config(yaml_config, overrides, p.train_defaults, builtin)
+    apply_global_batch_size(config, global_batch, resources.nodes * nproc, "gradient_accumulation_steps" in overrides)
+    dataset_info = resolve_datasets(config, ctx.workdir, experiment_dir)
     _check_local_files(config, ctx.workdir)
+    unchecked = check_train_config(config, str(config_path))  # before any download
     run_id = re.sub(r"[^A-Za-z0-9_-]", "-", job_name)[:64]
     wandb_env = {"WANDB_RUN_ID": run_id, "WANDB_RESUME": "allow", "WANDB_NAME": job_name,
                  "WANDB_PROJECT": ctx.env.get("WANDB_PROJECT", "hpc-launch")}
@@ -140,7 +149,8 @@ def train_step(launch: Launch, config_path: Path, yaml_config: dict) -> Step:
     localized = None
     if offline or opts.prefetch:
         fetcher = Fetcher(cache_dir(ctx.env), dry_run=opts.dry_run, endpoint=ctx.env.get("HF_ENDPOINT"))
-        localized = localize(config, ctx.workdir, experiment_dir, fetcher, offline=offline)
+        localized = localize(config, ctx.workdir, experiment_dir, fetcher, offline=offline,
+                             datasets=json.loads(dataset_info) if dataset_info else None)
         config = localized.config
     if opts.consolidate and not config.get("deepspeed"):
         raise LaunchError("--consolidate merges DeepSpeed ZeRO checkpoints, but the train config has no 'deepspeed' "
@@ -159,9 +169,11 @@ def train_step(launch: Launch, config_path: Path, yaml_config: dict) -> Step:
                                   tail={"resources": asdict(resources) | {"nproc_per_node": nproc},
                                         "max_restarts": max_restarts}),
     }
+    if dataset_info:
+        files[INFO_REL] = dataset_info
     produces_model = bool(config.get("do_train", True))
     if localized:
         files.update(localized.files)
+    notes = (*(localized.notes if localized else ()), *([unchecked] if unchecked else []))
     return Step(job=job, files=files, model_dir=str(config["output_dir"]) if produces_model else None,
-                links=localized.links if localized else {}, notes=tuple(localized.notes) if localized else (),
-                deferred=deferred)
+                links=localized.links if localized else {}, notes=notes, deferred=deferred)

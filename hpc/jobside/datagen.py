@@ -1,19 +1,23 @@
 """Job-side helpers of data generation (copied into each experiment; stdlib only).
 
     datagen.py tasks-of DIR                                  print the sorted task list (one path per line)
-    datagen.py chunk --tasks DIR --index I --num-chunks N --out FILE
-        write chunk I's task paths to FILE (no copies): tasks are split into N contiguous, balanced parts
+    datagen.py chunk --tasks DIR --index I --num-chunks N --out CHUNK_DIR
+        make CHUNK_DIR a directory of symlinks to chunk I's tasks (no copies), print their number: tasks
+        are split into N contiguous, balanced parts
     datagen.py serve-ready --url URL --timeout S --pid PID   wait until GET URL/models answers 200; fail
         at once if the server process PID exits first
+    datagen.py publish --file F --url URL --model NAME
+        write the endpoint JSON F atomically: {"model_name", "endpoint_url", "job_id", ...}
     datagen.py wait-endpoint --file F --server-name NAME --timeout S
-        wait for the server job's endpoint file and a healthy GET /models; print the URL. Fails at once
-        when the server job is no longer queued or running, and after S seconds otherwise.
+        wait for the server job's endpoint JSON and a healthy GET <endpoint_url>/v1/models; print the URL.
+        Fails at once when the server job is no longer queued or running, and after S seconds otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +36,38 @@ def task_list(tasks: Path) -> list[Path]:
 def chunk_bounds(n: int, index: int, num_chunks: int) -> tuple[int, int]:
     """[start, end) of chunk `index` when n tasks are split into num_chunks balanced contiguous parts."""
     return index * n // num_chunks, (index + 1) * n // num_chunks
+
+
+def api_base(endpoint: dict) -> str:
+    """The OpenAI-compatible base of an endpoint JSON: endpoint_url [+ api_path] + /v1."""
+    url = str(endpoint["endpoint_url"]).rstrip("/")
+    if endpoint.get("api_path"):
+        url += "/" + str(endpoint["api_path"]).strip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def link_chunk(tasks: list[Path], out: Path) -> None:
+    """OUT holds a symlink per task (named as the task) and nothing else; stale links are removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = {t.name for t in tasks}
+    for entry in out.iterdir():
+        if entry.is_symlink() and entry.name not in names:
+            entry.unlink()
+    for task in tasks:
+        link = out / task.name
+        if link.is_symlink() and os.readlink(link) != str(task.absolute()):
+            link.unlink()
+        if not link.is_symlink():
+            link.symlink_to(task.absolute())
+
+
+def publish(file: Path, url: str, model: str) -> None:
+    endpoint = {"model_name": model, "endpoint_url": url, "job_id": os.environ.get("SLURM_JOB_ID"),
+                "created_by": "hpc-launch", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(json.dumps(endpoint, indent=2) + "\n")
+    tmp.replace(file)
 
 
 def healthy(url: str) -> bool:
@@ -58,7 +94,7 @@ def wait_endpoint(file: Path, server_name: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         if file.is_file():
-            url = json.loads(file.read_text())["endpoint_url"]
+            url = api_base(json.loads(file.read_text()))
             if healthy(url):
                 return url
         state = server_state(server_name)
@@ -80,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--index", type=int, required=True)
     c.add_argument("--num-chunks", type=int, required=True)
     c.add_argument("--out", type=Path, required=True)
+    b = sub.add_parser("publish")
+    b.add_argument("--file", type=Path, required=True)
+    b.add_argument("--url", required=True)
+    b.add_argument("--model", required=True)
     r = sub.add_parser("serve-ready")
     r.add_argument("--url", required=True)
     r.add_argument("--timeout", type=float, required=True)
@@ -96,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"datagen: error: task directory {args.tasks} does not exist")
         tasks = task_list(args.tasks)
         start, end = chunk_bounds(len(tasks), args.index, args.num_chunks)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("".join(f"{t}\n" for t in tasks[start:end]))
+        link_chunk(tasks[start:end], args.out)
         print(end - start)
+    elif args.cmd == "publish":
+        publish(args.file, args.url, args.model)
     elif args.cmd == "serve-ready":
         deadline = time.monotonic() + args.timeout
         while not healthy(args.url):

@@ -26,7 +26,7 @@ Schema (``"schema": "hpc-launch.run_summary/1"``); ``null`` means unknown:
                        (url also only for the wandb.ai cloud: WANDB_BASE_URL unset or api.wandb.ai)
   slurm_job_id         --job_id, else SLURM_JOB_ID
   cluster              SLURM_CLUSTER_NAME
-  created_by           USER
+  created_by           HPC_JOB_CREATOR (--job_creator), else USER
   training_parameters_path  the config file, absolute
   training_parameters  a copy of the config (a mapping)
 """
@@ -127,7 +127,7 @@ def build_summary(config: dict, config_path: Path, started: str, finished: str, 
         "wandb": wandb_info(config, env),
         "slurm_job_id": job_id or env.get("SLURM_JOB_ID") or None,
         "cluster": env.get("SLURM_CLUSTER_NAME") or None,
-        "created_by": env.get("USER") or None,
+        "created_by": env.get("HPC_JOB_CREATOR") or env.get("USER") or None,
         "training_parameters_path": str(config_path.absolute()),
         "training_parameters": config,
     }

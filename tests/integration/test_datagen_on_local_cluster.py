@@ -1,9 +1,12 @@
 """Data generation as real jobs: a tiny model served on the local cluster, tasks, a throttled trace array,
-uploads to the loopback hub; failures and a 1000-chunk array submitted with one sbatch."""
+uploads to the loopback hub; an upstream-format config with a generator written to upstream's contract only;
+failures and a 1000-chunk array submitted with one sbatch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import yaml
 from hpc import ROOT
 
 from helpers import log_text, manifest
+from test_datagen_upstream import STRICT_GENERATOR
 
 pytestmark = pytest.mark.slurm
 
@@ -60,8 +64,9 @@ def test_tasks_server_and_five_chunks_two_at_a_time(launch, tmp_path, online, fa
     tasks = sorted(p.name for p in (exp / "outputs" / "tasks").iterdir())
     assert len(tasks) == 10
     for i in range(5):
-        listed = (exp / "chunks" / f"chunk_{i:03d}.txt").read_text().split()
-        assert [Path(p).name for p in listed] == tasks[2 * i:2 * i + 2]  # an index of the tasks, not copies
+        chunk = sorted((exp / "chunks" / f"chunk_{i:03d}").iterdir())
+        assert [p.name for p in chunk] == tasks[2 * i:2 * i + 2]
+        assert all(p.is_symlink() and p.resolve().parent == exp / "outputs" / "tasks" for p in chunk)  # no copies
         traces = sorted((exp / "outputs" / "traces" / f"chunk_{i:03d}").glob("*.json"))
         assert len(traces) == 2
         assert set(fake_hub.repo_files(f"org/traces-chunk{i:03d}", repo_type="dataset")) >= {p.name for p in traces}
@@ -135,13 +140,13 @@ def test_only_failed_chunks_runs_just_those_again(launch, tmp_path, online):
     script = tmp_path / "flaky.py"
     script.write_text(f"""import pathlib, sys
 args = sys.argv
-tasks = pathlib.Path(args[args.index("--tasks-list") + 1]).read_text().split()
-if any(t.endswith("/t3") for t in tasks) and not pathlib.Path({str(fixed)!r}).exists():
+tasks = sorted(p.name for p in pathlib.Path(args[args.index("--tasks-input") + 1]).iterdir())
+if "t3" in tasks and not pathlib.Path({str(fixed)!r}).exists():
     sys.exit("flaky: t3 is broken")
 out = pathlib.Path(args[args.index("--output-dir") + 1])
 out.mkdir(parents=True, exist_ok=True)
 for t in tasks:
-    (out / (pathlib.Path(t).name + ".json")).write_text("{{}}")
+    (out / (t + ".json")).write_text("{{}}")
 """)
     (tmp_path / "none.yaml").write_text(yaml.safe_dump({"engine": "none", "model": "none", "chunk_size": 2}))
     common = [*args, "--job_type", "datagen", "--datagen_config", str(tmp_path / "none.yaml"),
@@ -159,3 +164,91 @@ for t in tasks:
     assert manifest(tmp_path / "exp" / "flaky_retry")["jobs"][0]["array"] == "1%4"
     outputs = sorted(p.name for p in (exp / "outputs" / "traces").rglob("*.json"))
     assert outputs == [f"t{i}.json" for i in range(6)]
+
+
+# `vllm serve` on the local cluster: parses the flags the launcher writes for the vllm_server section below
+# (unknown ones exit 2), records them, then serves the tiny model on the CPU under the served name.
+VLLM_SHIM = """#!{python}
+import argparse, json, os, sys
+parser = argparse.ArgumentParser(prog="vllm", allow_abbrev=False)
+serve = parser.add_subparsers(dest="command", required=True).add_parser("serve", allow_abbrev=False)
+serve.add_argument("model")
+serve.add_argument("--host", required=True)
+serve.add_argument("--port", type=int, required=True)
+serve.add_argument("--tensor-parallel-size", type=int, required=True)
+serve.add_argument("--data-parallel-size", type=int, default=1)
+serve.add_argument("--served-model-name")
+serve.add_argument("--max-model-len", type=int)
+serve.add_argument("--gpu-memory-utilization", type=float)
+serve.add_argument("--trust-remote-code", action="store_true")
+serve.add_argument("--enable-prefix-caching", action="store_true")
+args = parser.parse_args()
+with open(os.path.join(os.environ["HPC_EXPERIMENT_DIR"], "state", "vllm_argv.json"), "w") as f:
+    json.dump(sys.argv[1:], f)
+os.execv(sys.executable, [sys.executable, {serve_tiny!r}, "--model", args.model, "--host", args.host, "--port",
+                          str(args.port), "--served-model-name", args.served_model_name or args.model])
+"""
+
+
+@pytest.fixture
+def upstream(tmp_path, online):
+    """The online profile with a `vllm` on PATH, and the strict upstream-contract generator."""
+    args, env = online
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "vllm"
+    shim.write_text(VLLM_SHIM.format(python=sys.executable, serve_tiny=str(ROOT / "examples/datagen/serve_tiny.py")))
+    shim.chmod(0o755)
+    dotenv = Path(args[args.index("--dotenv") + 1])
+    dotenv.write_text(dotenv.read_text() + f"PATH={bin_dir}:${{PATH}}\n")
+    generator = tmp_path / "strict_generate.py"
+    generator.write_text(STRICT_GENERATOR)
+    return args, env, str(generator)
+
+
+def test_upstream_config_and_strict_generator(launch, tmp_path, upstream):
+    args, env, generator = upstream
+    model = str(ROOT / "build" / "tiny" / "model")
+    config = {"engine": {"type": "vllm_local", "model": model, "max_output_tokens": 8, "vllm_local": {}},
+              "backend": {"type": "vllm", "healthcheck_max_attempts": 60, "healthcheck_retry_delay": 5},
+              "vllm_server": {"model_path": model, "tensor_parallel_size": 1, "data_parallel_size": 2,
+                              "custom_model_name": "tiny-served", "max_model_len": 2048, "gpu_memory_utilization": 0.5,
+                              "trust_remote_code": True, "time_limit": "00:30:00",
+                              "extra_args": ["--enable-prefix-caching"]},
+              "extra_agent_kwargs": {"temperature": 0}, "chunk_array_max": 2}
+    (tmp_path / "upstream.yaml").write_text(yaml.safe_dump(config))
+    result = launch(*args, "--job_type", "datagen", "--datagen_config", str(tmp_path / "upstream.yaml"),
+                    "--datagen_script", generator, "--datagen_target_repo", "org/up-tasks", "--datagen_extra_args",
+                    "--limit 6", "--enable_trace_gen", "--trace_target_repo", "org/up-traces", "--num_chunks", "2",
+                    "--job_name", "dgup", "--wait", extra_env=env)
+    exp = tmp_path / "exp" / "dgup"
+    assert result.returncode == 0, result.stdout + result.stderr + log_text(exp)
+    jobs = jobs_by_key(exp)
+    assert [jobs[k]["state"] for k in ("tasks", "traces", "cleanup")] == ["COMPLETED"] * 3
+    assert jobs["server"]["state"] == "CANCELLED" and jobs["traces"]["elapsed"] == "2/2 tasks COMPLETED"
+    assert json.loads((exp / "state" / "vllm_argv.json").read_text())[:3] == ["serve", model, "--host"]
+    endpoint = json.loads((exp / "state" / "endpoint.json").read_text())
+    assert endpoint["model_name"] == "tiny-served" and endpoint["endpoint_url"].startswith("http://")
+    tasks = exp / "outputs" / "tasks"
+    assert sorted(p.name for p in tasks.iterdir() if p.is_dir()) == [f"t{i}" for i in range(6)]
+    for i in range(2):
+        chunk = exp / "chunks" / f"chunk_{i:03d}"
+        assert sorted(p.name for p in chunk.iterdir()) == [f"t{j}" for j in range(3 * i, 3 * i + 3)]
+        out = exp / "outputs" / "traces" / f"chunk_{i:03d}"
+        traces = [json.loads(p.read_text()) for p in sorted(out.glob("t*.json"))]
+        assert [Path(t["task"]).parent for t in traces] == [tasks] * 3 and all(isinstance(t["answer"], str) for t in traces)
+        argv = json.loads((out / "argv_traces.json").read_text())
+        assert argv[argv.index("--tasks-input") + 1] == str(chunk)
+        assert argv[argv.index("--target-repo") + 1] == f"org/up-traces-chunk{i:03d}"
+        assert argv[argv.index("--endpoint-json") + 1] == str(exp / "state" / "endpoint.json")
+
+
+def test_datagen_engine_without_a_config(launch, tmp_path, upstream):
+    args, env, generator = upstream
+    result = launch(*args, "--job_type", "datagen", "--datagen_engine", "none", "--datagen_script", generator,
+                    "--datagen_extra_args", "--limit 2", "--job_name", "dgnone", "--wait", extra_env=env)
+    exp = tmp_path / "exp" / "dgnone"
+    assert result.returncode == 0, result.stdout + result.stderr + log_text(exp)
+    assert [(j["key"], j["state"]) for j in manifest(exp)["jobs"]] == [("tasks", "COMPLETED")]
+    assert yaml.safe_load((exp / "configs" / "datagen_config.resolved.yaml").read_text())["engine"]["type"] == "none"
+    assert sorted(p.name for p in (exp / "outputs" / "tasks").iterdir() if p.is_dir()) == ["t0", "t1"]

@@ -25,8 +25,9 @@ TEMPLATES_ENV = "HPC_LAUNCH_TEMPLATES"
 TEMPLATES = {Command: "command.sbatch.j2", Cancel: "command.sbatch.j2", Train: "train.sbatch.j2",
              Server: "server.sbatch.j2", Stage: "datagen.sbatch.j2"}
 
-# What an #SBATCH value may hold: sbatch reads these lines itself, so no spaces, quotes or newlines.
-_SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:+=@%/~-]+")
+# What an #SBATCH value may hold: sbatch reads these lines itself (no shell), splitting at spaces and taking
+# quotes and '#' specially; so none of those or newlines, but constraint syntax (gpu&hbm80g, [a|b]*2, !x) is fine.
+_SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:+=@%/~&|!*()\[\]-]+")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class SbatchHeader:
     qos: str | None
     nodes: int
     cpus_per_task: int
-    gpus_per_node: int
+    gpus: str | None  # e.g. "--gres=gpu:4"; None for CPU jobs and where nodes come with all their GPUs
     mem: str | None
     time: str
     log_pattern: str
@@ -47,6 +48,7 @@ class SbatchHeader:
     extra: tuple[str, ...] = ()
     requeue: bool = False
     signal: str | None = None  # e.g. "B:USR1@300": warn the batch shell before the time limit
+    export_none: bool = True  # --export=NONE (srun then needs --export=ALL); else the script resets the environment
 
 
 def quote(value: object) -> str:
@@ -89,10 +91,19 @@ def header(job: Job, profile: ClusterProfile, experiment_dir: Path) -> SbatchHea
     r = job.resources
     log = "%x_%A_%a.out" if job.array else "%x_%j.out"
     return SbatchHeader(job_name=job.name, partition=r.partition, account=r.account, qos=r.qos, nodes=r.nodes,
-                        cpus_per_task=r.cpus_per_node, gpus_per_node=r.gpus_per_node, mem=r.mem, time=r.time_limit,
-                        log_pattern=str(experiment_dir / "logs" / log), workdir=str(job.prelude.workdir),
-                        extra=tuple(profile.sbatch_extra), requeue=job.requeue,
-                        signal=f"B:USR1@{job.body.signal_seconds}" if isinstance(job.body, Train) else None)
+                        cpus_per_task=r.cpus_per_node, gpus=_gpu_request(r.gpus_per_node, profile.gpu_request),
+                        mem=r.mem, time=r.time_limit, log_pattern=str(experiment_dir / "logs" / log),
+                        workdir=str(job.prelude.workdir),
+                        extra=(*profile.gpu_types.get(r.gpu_type or "", ()), *profile.sbatch_extra), requeue=job.requeue,
+                        signal=f"B:USR1@{job.body.signal_seconds}" if isinstance(job.body, Train) else None,
+                        export_none=profile.export_none)
+
+
+def _gpu_request(gpus: int, how: str) -> str | None:
+    """The option asking for `gpus` GPUs per node the way the profile says (none: the node brings them)."""
+    if not gpus or how == "none":
+        return None
+    return f"--gres=gpu:{gpus}" if how == "gres" else f"--gpus-per-node={gpus}"
 
 
 def _body_context(job: Job, plan: Plan) -> dict[str, Any]:
