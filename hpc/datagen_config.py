@@ -141,7 +141,8 @@ def _parse(raw: dict[str, Any], where: str, d: DatagenOptions) -> tuple[dict[str
             raise unknown_key(str(key), _SERVER_KEYS, where, "server.")
     engine = d.datagen_engine or raw.get("engine")
     if not engine:
-        raise LaunchError(f"{where}: no engine; add engine: TYPE (one of {', '.join(ENGINES)}) or pass --datagen_engine")
+        raise LaunchError(f"{where}: no engine; add engine: TYPE (one of {', '.join(ENGINES)}) or pass "
+                          "--datagen_engine")
     model = raw.get("model")
     body = {"engine": {"type": str(engine), "model": None if model is None else str(model)},
             "backend": {"type": str(raw.get("backend") or "vllm")}}
@@ -280,10 +281,10 @@ def _server(config: dict[str, Any], stage: dict[str, Any] | None, ours: dict[str
                           f"{profile.gpus_per_node}; lower the parallel sizes (multi-node serving is not supported)")
     env.update({f"RAY_CGRAPH_{k[len('ray_cgraph_'):]}": f"{backend[k]:g}" for k in backend
                 if k.startswith("ray_cgraph_") and backend[k] is not None})
+    limit = format_time(parse_time(str(time_limit), f"{where}: time_limit")) if time_limit else None
     return ServerSpec(command=command, model_name=str(model), gpus=gpus,
-                      port=int(ours.get("port", backend["api_port"])), health_timeout=int(ours.get("health_timeout", 1800)),
-                      time_limit=format_time(parse_time(str(time_limit), f"{where}: time_limit")) if time_limit else None,
-                      env=env)
+                      port=int(ours.get("port", backend["api_port"])),
+                      health_timeout=int(ours.get("health_timeout", 1800)), time_limit=limit, env=env)
 
 
 def _trace_model(d: DatagenOptions, trace: dict[str, Any], server: ServerSpec | None, workdir: Path) -> str | None:

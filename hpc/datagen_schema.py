@@ -122,8 +122,8 @@ def vllm_serve(server: dict[str, Any], where: str) -> tuple[list[str], dict[str,
     environment variables it needs."""
     extra = extra_args(server["extra_args"])
     if any(_SECRET_FLAG.match(arg) for arg in extra):
-        raise LaunchError(f"{where}: vllm_server.extra_args: no --api-key in a config; put VLLM_API_KEY=... in your secrets file "
-                          "(vLLM reads it from the environment)")
+        raise LaunchError(f"{where}: vllm_server.extra_args: no --api-key in a config; put VLLM_API_KEY=... in your "
+                          "secrets file (vLLM reads it from the environment)")
     argv = ["vllm", "serve", server["model_path"], "--host", "0.0.0.0", "--port", "{port}",
             "--tensor-parallel-size", str(server["tensor_parallel_size"])]
     for key in ("pipeline_parallel_size", "data_parallel_size"):

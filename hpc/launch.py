@@ -30,7 +30,7 @@ def _add(group: argparse._ActionsContainer, f, hints: Mapping[str, object]) -> N
     spec = dict(f.metadata.get("argparse", {}))
     kind = hints[f.name]
     kwargs: dict[str, object] = {"dest": f.name, "help": f.metadata.get("help")}
-    if kind is bool and spec.pop("optional_bool", False):
+    if spec.pop("optional_bool", False):  # --x / --no-x (for bool, or bool | None with None = automatic)
         kwargs.update(action=argparse.BooleanOptionalAction, default=None)
     elif kind is bool:
         kwargs.update(action="store_true", default=None)
@@ -77,6 +77,18 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
     backend = backends.get("slurm")
     plan = JOB_TYPES[opts.job_type].build(opts, environ, lambda: backend.limits(opts.dry_run))
     materialized = backend.materialize(plan)
+    validate = opts.validate is not False and not opts.dry_run
+    if opts.dry_run and opts.validate is not False:  # only against the profile's own cluster
+        from hpc.profiles import slurm_cluster_name
+
+        here = slurm_cluster_name()
+        validate = here in plan.profile.slurm_cluster_names
+        if opts.validate and not validate:
+            raise LaunchError(f"--validate needs a SLURM controller of {plan.cluster}, but "
+                              + (f"this node's is cluster {here!r}" if here else "none answers here")
+                              + f"; run the dry run on a {plan.cluster} login node, or drop --validate")
+    if validate:
+        backend.validate(plan, materialized)  # before anything is written: a refusal leaves nothing behind
     manifest = Manifest.for_plan(plan, backend.name, materialized.scripts, materialized.arrays, opts.dry_run)
     write_experiment(plan, materialized, manifest)
     print(f"hpc-launch: cluster {plan.cluster}, experiment directory {plan.experiment_dir}")
@@ -102,8 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = parser()
     known = {action.dest for action in p._actions}
+    switches = {a.dest for a in p._actions if isinstance(a, argparse.BooleanOptionalAction)}
     try:
-        argv = translate(sys.argv[1:] if argv is None else argv, known)
+        argv = translate(sys.argv[1:] if argv is None else argv, known, switches)
     except LaunchError as exc:
         print(f"hpc-launch: error: {exc}", file=sys.stderr)
         return exc.exit_code

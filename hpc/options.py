@@ -45,6 +45,9 @@ class CommonOptions:
     experiments_dir: str | None = flag(help="where experiment directories go (default: $EXPERIMENTS_DIR from the "
                                             "dotenv, else ./experiments)")
     dry_run: bool = flag(False, "render and record everything, submit nothing")
+    validate: bool | None = flag(None, "check every job with `sbatch --test-only` on the controller before anything is "
+                                       "written or submitted (default: yes when submitting; in a dry run when this "
+                                       "node's controller is the profile's cluster)", optional_bool=True)
     wait: bool = flag(False, "after submitting, wait for the jobs and report how they ended")
     dependency: str | None = flag(help="dependency for the first job, e.g. afterok:12345")
     secrets_env: str | None = flag(help="your private secrets file, sourced by jobs at run time "
@@ -226,11 +229,21 @@ class DatagenOptions:
 
 @dataclass
 class EvalOptions:
-    """eval: the profile's eval_command on the model, after the last step (afterok)"""
+    """eval: lm_eval (vLLM on GPUs, HF on CPU) or the profile's eval_command, chained (afterok) or --job_type eval"""
 
-    eval_tasks: str | None = flag(help="tasks for the cluster's eval harness (local: a held-out data JSON)")
+    eval_tasks: str | None = flag(help="lm_eval task names, comma-separated (with a profile eval_command: its {tasks}; "
+                                       "local: a held-out data JSON)")
+    eval_model: str | None = flag(help="--job_type eval: the model, a local directory or a Hub repo id "
+                                       "(org/name[@rev])")
+    eval_include_path: str | None = flag(help="a directory of your own lm_eval task YAMLs (lm_eval --include_path), "
+                                              "e.g. examples/eval/tasks")
+    eval_extra_args: str | None = flag(help="more lm_eval arguments, one shell-quoted string, e.g. \"--limit 100 "
+                                            "--num_fewshot 5 --batch_size 16\" (last, so they win)")
     eval_time_limit: str | None = flag()
-    eval_num_nodes: int | None = flag()
+    eval_num_nodes: int | None = flag(help="nodes (default: 1, all the built-in harness uses)")
+    eval_gpus_per_node: int | None = flag(help="GPUs (default: --gpus_per_node; 0 runs lm_eval's HF backend on CPU, "
+                                               "else vLLM with tensor parallelism over them)")
+    eval_partition: str | None = flag()
 
 
 @dataclass

@@ -178,6 +178,8 @@ def _parse_partitions(raw: object, where: str) -> dict[str, PartitionLimits]:
         max_nodes, max_time = entry.get("max_nodes"), entry.get("max_time")
         if max_nodes is not None and (not _type_ok(max_nodes, int) or max_nodes < 1):
             raise LaunchError(f"{at}.max_nodes must be a whole number of nodes, at least 1 (got {max_nodes!r})")
+        if max_time is not None and not isinstance(max_time, str):
+            raise LaunchError(f'{at}.max_time must be a quoted SLURM time such as "24:00:00" (got {max_time!r})')
         if max_time is not None:
             parse_time(max_time, f"{at}.max_time")
         bins = entry.get("time_by_nodes", [])
@@ -187,7 +189,7 @@ def _parse_partitions(raw: object, where: str) -> dict[str, PartitionLimits]:
                               'e.g. [[91, "02:00:00"], [183, "06:00:00"]]')
         counts = [b[0] for b in bins]
         if counts != sorted(set(counts)) or (counts and (counts[0] < 1 or (max_nodes or counts[-1]) < counts[-1])):
-            raise LaunchError(f"{at}.time_by_nodes: node counts must rise from 1 and stay within max_nodes")
+            raise LaunchError(f"{at}.time_by_nodes: node counts must rise, from 1 up to at most max_nodes")
         for _, limit in bins:
             parse_time(limit, f"{at}.time_by_nodes")
         parsed[name] = PartitionLimits(max_nodes, max_time, tuple((n, t) for n, t in bins))
@@ -204,7 +206,8 @@ def _check_limits(p: ClusterProfile, where: str) -> None:
         if p.max_nodes is not None and (limits.max_nodes or 0) > p.max_nodes:
             raise LaunchError(f"{where}: partitions.{name}.max_nodes exceeds max_nodes {p.max_nodes}")
         if limits.max_time and any(parse_time(t) > parse_time(limits.max_time) for _, t in limits.time_by_nodes):
-            raise LaunchError(f"{where}: partitions.{name}.time_by_nodes has a time above its max_time {limits.max_time}")
+            raise LaunchError(f"{where}: partitions.{name}.time_by_nodes has a time above its max_time "
+                              f"{limits.max_time}")
     if p.gpu_types and p.gpu_type not in p.gpu_types:
         raise LaunchError(f"{where}: key 'gpu_type' must name the default of gpu_types ({', '.join(p.gpu_types)})")
 

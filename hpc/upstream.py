@@ -37,7 +37,7 @@ REPLACED = {
     "sandbox_memory_gb": "pass sandbox settings to your generator with --datagen_extra_args",
     "sandbox_disk_gb": "pass sandbox settings to your generator with --datagen_extra_args",
     "sandbox_gpu": "pass sandbox settings to your generator with --datagen_extra_args",
-    "trace_use_gpu": "set GPUs for the trace stage in the datagen config",
+    "trace_use_gpu": "trace jobs use the launch's vLLM server job (vllm_server in the datagen config); they need no GPUs",
 }
 #: Upstream job types that do not exist here.
 JOB_TYPES_REPLACED = {
@@ -47,18 +47,28 @@ JOB_TYPES_REPLACED = {
 }
 
 
-def translate(argv: Sequence[str], known: set[str]) -> list[str]:
-    """argv with upstream job type names mapped to ours; LaunchError for an upstream-only flag or job type.
+_TRUE, _FALSE = ("true", "yes", "y", "on", "1"), ("false", "no", "n", "off", "0")
 
-    `known` holds our option names: a flag we define is never refused here."""
-    out = list(argv)
+
+def translate(argv: Sequence[str], known: set[str], switches: set[str] = set()) -> list[str]:
+    """argv with upstream spellings mapped to ours; LaunchError for an upstream-only flag or job type.
+
+    `known` holds our option names: a flag we define is never refused here. `switches` are our --x/--no-x
+    options, which upstream wrote as `--x true|false`."""
+    out, drop = list(argv), set()
     for i, word in enumerate(out):
-        if not word.startswith("--") or " " in word:
+        if not word.startswith("--") or " " in word or i in drop:
             continue
         name, eq, value = word[2:].partition("=")
         name = name.replace("-", "_")
         if name in REPLACED and name not in known:
             raise LaunchError(f"--{name} is upstream's; {REPLACED[name]}")
+        answer = value if eq else (out[i + 1] if i + 1 < len(out) else "")
+        if name in switches and answer.lower() in _TRUE + _FALSE:
+            out[i] = f"--{name}" if answer.lower() in _TRUE else f"--no-{name}"
+            if not eq:
+                drop.add(i + 1)
+            continue
         if name == "job_type":
             where = i if eq else i + 1
             kind = value if eq else (out[where] if where < len(out) else "")
@@ -66,4 +76,4 @@ def translate(argv: Sequence[str], known: set[str]) -> list[str]:
                 raise LaunchError(f"--job_type {kind} is upstream's; {JOB_TYPES_REPLACED[kind]}")
             if kind in JOB_TYPE_ALIASES:
                 out[where] = f"--job_type={JOB_TYPE_ALIASES[kind]}" if eq else JOB_TYPE_ALIASES[kind]
-    return out
+    return [word for i, word in enumerate(out) if i not in drop]

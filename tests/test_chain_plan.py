@@ -128,7 +128,7 @@ def test_non_empty_output_needs_overwrite(train_yaml, tmp_path):
     [
         ({"consolidate_output_repo": "org/x"}, "consolidate options were given without --consolidate"),
         ({"consolidate": True, "consolidate_output_repo": "bad repo"}, "is not a Hugging Face repo id"),
-        ({"eval_tasks": "mmlu", "cluster": "jureca"}, "the jureca profile has no eval_command"),
+        ({"eval_tasks": "d.json", "eval_include_path": "."}, "is for the built-in lm_eval harness, but the local profile"),
         ({"max_restarts": -1}, "--max_restarts must be 0 or more"),
         ({"consolidate": True, "deepspeed": None}, "the train config has no 'deepspeed' key"),
         ({"time_limit": "00:03:00"}, "leaves no time to train: local warns 120 s before the limit"),
@@ -172,7 +172,8 @@ def test_deferred_uploads_become_a_sync_job_on_an_internet_partition(train_yaml,
 
 
 def test_offline_hub_input_is_prefetched_and_a_dry_run_fetches_nothing(tmp_path, capsys):
-    opts = LaunchOptions(job_type="consolidate", cluster="jureca", consolidate_input="org/model@v1", dry_run=True,
+    opts = LaunchOptions(job_type="consolidate", cluster="jureca", account="proj", consolidate_input="org/model@v1",
+                         dry_run=True,
                          experiments_dir=str(tmp_path / "exp"), consolidate_output_dir=str(tmp_path / "m"))
     plan = consolidate.build_plan(opts)
     assert "would fetch model org/model (--consolidate_input)" in capsys.readouterr().out

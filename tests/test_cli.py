@@ -68,7 +68,7 @@ def test_malformed_yaml(tmp_path, fake_slurm):
         (["--gpus_per_node", "8"], "--gpus_per_node 8 is not possible on local"),
         (["--time_limit", "2-00:00:00"], "exceeds the 12:00:00 limit of partition gpu on local"),
         (["--job_type", "rl"], "argument --job_type/--job-type: invalid choice"),
-        (["--eval_tasks", "mmlu", "--cluster", "jureca"], "the jureca profile has no eval_command"),
+        (["--eval_model", "m", "--eval_tasks", "t"], "--eval_model is for --job_type eval"),
         (["--consolidate"], "the train config has no 'deepspeed' key"),
         (["--job_type", "consolidate", "--consolidate_input", "/no/such/ckpt"], "--consolidate_input: /no/such/ckpt does not exist"),
     ],

@@ -207,14 +207,16 @@ def test_generator_command_lines_are_upstreams(workdir):
                            trace_agent_timeout_sec=600.0, trace_verifier_timeout_sec=90.5))
     exp, cfg = plan.experiment_dir, f"{plan.experiment_dir}/configs/datagen_config.resolved.yaml"
     tasks, traces = generator_argv(script(plan, "tasks")), generator_argv(script(plan, "traces"))
-    assert tasks == ["gen.py", "--stage", "tasks", "--engine-config", cfg, "--input-dir", "raw", "--disable-verification", "--output-dir", f"{exp}/outputs/tasks", "--target-repo", "org/tasks",
+    assert tasks == ["gen.py", "--stage", "tasks", "--engine-config", cfg, "--input-dir", "raw",
+                     "--disable-verification", "--output-dir", f"{exp}/outputs/tasks", "--target-repo", "org/tasks",
                      "--stage", "both", "--limit", "200"]
     assert traces == [
         "gen.py", "--stage", "traces", "--engine-config", cfg, "--trace-model", "h/m", "--trace-agent-name",
         "terminus-2", "--trace-agent-kwargs", '{"reasoning_effort": "low"}', "--trace-n-concurrent", "4",
         "--trace-env", "docker", "--trace-harbor-config", "harbor.yaml", "--trace-episodes", "last",
         "--trace-export-filter", "none", "--trace-dataset-type", "SFT", "--trace-agent-timeout-sec", "600",
-        "--trace-verifier-timeout-sec", "90.5", "--trace-skip-subagents", "--trace-eval-only", "--disable-verification", "--tasks-input", "/exp/chunks/chunk_001", "--output-dir",
+        "--trace-verifier-timeout-sec", "90.5", "--trace-skip-subagents", "--trace-eval-only",
+        "--disable-verification", "--tasks-input", "/exp/chunks/chunk_001", "--output-dir",
         f"{exp}/outputs/traces/chunk_001", "--trace-jobs-dir", f"{exp}/trace_jobs/chunk_001", "--target-repo",
         "org/traces-chunk001", "--endpoint-json", f"{exp}/state/endpoint.json"]
     parsed = strict_parser().parse_args(traces[1:])
@@ -251,7 +253,8 @@ def test_offline_generators_get_no_upload(workdir, user_profiles):
      "unknown key 'vllm_server.tensor_paralel_size'; did you mean 'vllm_server.tensor_parallel_size'?"),
     ({"engine": {"type": "vllm_local", "vllm_local": {"endpoint": "x"}}},
      "unknown key 'engine.vllm_local.endpoint'; did you mean 'engine.vllm_local.endpoint_json'?"),
-    ({"engine": "vllm_local", "model": "m", "servr": {"command": ["x"]}}, "unknown key 'servr'; did you mean 'server'?"),
+    ({"engine": "vllm_local", "model": "m", "servr": {"command": ["x"]}},
+     "unknown key 'servr'; did you mean 'server'?"),
     ({"engine": "vllm_local", "model": "m", "server": {"comand": ["x"]}}, "unknown key 'server.comand'; did you "
                                                                          "mean 'server.command'?"),
     ({"engine": {"type": "vllm_local"}, "model": "m"}, "'model' belongs to our format"),
@@ -305,7 +308,8 @@ def test_datagen_engine_needs_no_config(workdir):
 
 def test_datagen_engine_overrides_the_config_and_config_path_comes_from_the_environment(workdir):
     plan = build_plan(opts(workdir, datagen_config=None, datagen_engine="none"),
-                      environ={"DATAGEN_CONFIG_PATH": "every.yaml", "HPC_LAUNCH_PROFILES": str(workdir / "my_profiles")})
+                      environ={"DATAGEN_CONFIG_PATH": "every.yaml",
+                               "HPC_LAUNCH_PROFILES": str(workdir / "my_profiles")})
     assert engine_file(plan)["engine"]["type"] == "none" and [j.key for j in plan.jobs] == ["tasks", "traces"]
 
 
@@ -339,7 +343,8 @@ def test_endpoint_json_path_and_our_extras_in_upstream_format(workdir):
     write(workdir, "every.yaml", config)
     plan = build_plan(opts(workdir, chunk_parallelism=None))
     endpoint = str(workdir / "shared" / "endpoint.json")
-    assert plan.job("server").body.endpoint_file == endpoint == engine_file(plan)["engine"]["vllm_local"]["endpoint_json"]
+    assert plan.job("server").body.endpoint_file == endpoint
+    assert engine_file(plan)["engine"]["vllm_local"]["endpoint_json"] == endpoint
     assert plan.job("traces").array.parallel == 5 and plan.job("tasks").resources.cpus_per_node == 2
 
 
@@ -350,7 +355,17 @@ def test_our_format_keeps_working(workdir):
     plan = build_plan(opts(workdir))
     server = plan.job("server")
     assert server.body.command == ["python", "serve.py", "--model", "build/tiny/model", "--port", PORT, "--gpus", "2"]
-    assert (server.body.model_name, server.body.port_base, server.resources.gpus_per_node) == ("build/tiny/model", 8100, 2)
+    assert (server.body.model_name, server.body.port_base, server.resources.gpus_per_node) == \
+        ("build/tiny/model", 8100, 2)
     config = engine_file(plan)
     assert (config["engine"]["type"], config["engine"]["model"], config["vllm_server"]) == \
         ("vllm_local", "build/tiny/model", None)
+
+
+def test_retry_of_an_older_launch_is_refused_clearly(workdir):
+    old = workdir / "exp" / "old"
+    (old / "configs").mkdir(parents=True)
+    (old / "configs" / "datagen.json").write_text(json.dumps({"config": {"engine": "vllm_local", "model": "m"},
+                                                              "options": {}, "num_chunks": 1}))
+    with pytest.raises(LaunchError, match="launched by an older hpc-launch"):
+        build_plan(LaunchOptions(job_type="datagen", cluster="gpu4", only_failed_chunks=str(old), job_name="r"))

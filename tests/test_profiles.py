@@ -10,7 +10,7 @@ from hpc.profiles import all_profiles, get_profile, load_profile, match_cluster
 from helpers import local_profile_data
 
 SHIPPED = [
-    "jureca", "jupiter", "juwels", "leonardo", "capella", "alpha", "dip", "lrz", "vista",
+    "jureca", "jupiter", "juwels", "leonardo", "capella", "alpha", "lrz", "vista",
     "lonestar", "claix", "nyugreene", "nyutorch", "oumi", "perlmutter", "frontier", "local",
 ]  # fmt: skip
 

@@ -127,3 +127,11 @@ def test_upstream_job_type_sft_and_dir_flags(tmp_path, train_yaml):
     assert config["output_dir"] == str(tmp_path / "ck" / "s") and config["bf16"] is False
     script = (tmp_path / "e" / "s" / "sbatch" / "train.sbatch").read_text()
     assert "export HPC_JOB_CREATOR=alice-lab" in script and f"export CHECKPOINTS_DIR={tmp_path / 'ck'}" in script
+
+
+def test_upstream_boolean_values_for_our_switches():
+    from hpc.upstream import translate
+
+    argv = ["--enable_task_gen", "false", "--trace-export-subagents=yes", "--datagen_extra_args", "", "--dry_run"]
+    assert translate(argv, set(), {"enable_task_gen", "trace_export_subagents"}) == [
+        "--no-enable_task_gen", "--trace_export_subagents", "--datagen_extra_args", "", "--dry_run"]

@@ -5,7 +5,8 @@ It follows upstream's generator contract (OpenThoughts-Agent `data/generation`):
 (unknown flags exit 2), and the engine read from the upstream-format config named by --engine-config (default
 $DATAGEN_CONFIG_PATH). The launcher calls it so:
 ```
-generate.py --stage tasks  --engine-config CFG [--input-dir D] --output-dir DIR [--target-repo REPO] [--no-upload] [EXTRA...]
+generate.py --stage tasks  --engine-config CFG [--input-dir D] --output-dir DIR [--target-repo REPO] [--no-upload]
+            [EXTRA...]
     Writes one subdirectory per task into DIR (DIR/<task_id>/task.json).
 generate.py --stage traces --engine-config CFG --tasks-input CHUNK_DIR --output-dir DIR [--target-repo REPO]
             [--trace-model M] [--trace-agent-name A] [--trace-agent-kwargs JSON] [--trace-n-concurrent N]
@@ -215,7 +216,8 @@ class Tracer:
             raise Failed(one_line(f"POST {self.url}: unexpected answer {json.dumps(data)}")) from None
 
     def trace(self, task: dict[str, Any]) -> None:
-        system = [{"role": "system", "content": self.kwargs["system_prompt"]}] if self.kwargs.get("system_prompt") else []
+        prompt = self.kwargs.get("system_prompt")
+        system = [{"role": "system", "content": prompt}] if prompt else []
         messages = [*system, {"role": "user", "content": task.get("question") or json.dumps(task)}]
         response, model, usage = self.ask(messages)
         a = self.args

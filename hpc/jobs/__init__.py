@@ -32,5 +32,7 @@ JOB_TYPES = {
                 "hpc.jobs.datagen"),
         JobType("consolidate", "DeepSpeed ZeRO checkpoint -> safetensors, optionally uploaded, then eval",
                 "hpc.jobs.consolidate"),
+        JobType("eval", "lm_eval (or the profile's eval_command) on an existing model: --eval_model DIR|org/name",
+                "hpc.jobs.evaluate"),
     )
 }

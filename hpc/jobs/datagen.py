@@ -39,8 +39,12 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, lim
     ctx = resolve_context(opts, environ)
     if opts.only_failed_chunks:
         record, chunks, job_name = _retry(opts)
-        d = replace(opts, **{**record["options"], "enable_task_gen": False})
-        config = DatagenConfig.from_record(record["config"])
+        try:
+            d = replace(opts, **{**record["options"], "enable_task_gen": False})
+            config = DatagenConfig.from_record(record["config"])
+        except (TypeError, KeyError):
+            raise LaunchError(f"--only_failed_chunks {opts.only_failed_chunks}: launched by an older hpc-launch, whose "
+                              "record this one cannot read; launch its traces again with --trace_input_path") from None
     else:
         d = opts
         config = load_config(d, ctx, environ)
@@ -56,8 +60,8 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, lim
     tasks_dir, traces_dir = Path(record["tasks_dir"]), Path(record["traces_dir"])
     endpoint = config.endpoint_file or str(launch.experiment_dir / ENDPOINT_REL)
     engine_files = _engine_files(launch, config, endpoint)
-    served = {stage: config.server is not None and on and needs_server(cfg) for stage, cfg, on in
-              (("tasks", config.engine_config, d.enable_task_gen), ("traces", config.trace_engine_config, bool(chunks)))}
+    stages = (("tasks", config.engine_config, d.enable_task_gen), ("traces", config.trace_engine_config, bool(chunks)))
+    served = {stage: config.server is not None and on and needs_server(cfg) for stage, cfg, on in stages}
     user_deps = launch.user_dependencies()
     with_server = any(served.values())
     steps: list[Step] = [_server_step(launch, config, endpoint, user_deps)] if with_server else []
@@ -89,9 +93,10 @@ def _engine_files(launch: Launch, config: DatagenConfig, endpoint: str) -> dict[
     exp = launch.experiment_dir
     tasks = yaml.safe_dump(config.with_endpoint(config.engine_config, endpoint), sort_keys=False)
     traces = yaml.safe_dump(config.with_endpoint(config.trace_engine_config, endpoint), sort_keys=False)
+    paths = {stage: str(exp / rel) for stage, rel in ENGINE_CONFIG_REL.items()}
     if traces == tasks:
-        return {"tasks": (str(exp / ENGINE_CONFIG_REL["tasks"]), tasks), "traces": (str(exp / ENGINE_CONFIG_REL["tasks"]), "")}
-    return {stage: (str(exp / ENGINE_CONFIG_REL[stage]), text) for stage, text in (("tasks", tasks), ("traces", traces))}
+        return {"tasks": (paths["tasks"], tasks), "traces": (paths["tasks"], "")}
+    return {"tasks": (paths["tasks"], tasks), "traces": (paths["traces"], traces)}
 
 
 def _deferred_uploads(d: DatagenOptions, tasks_dir: Path, traces_dir: Path, chunks: list[int]) -> list[dict]:

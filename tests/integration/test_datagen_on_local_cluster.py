@@ -183,7 +183,7 @@ serve.add_argument("--gpu-memory-utilization", type=float)
 serve.add_argument("--trust-remote-code", action="store_true")
 serve.add_argument("--enable-prefix-caching", action="store_true")
 args = parser.parse_args()
-with open(os.path.join(os.environ["HPC_EXPERIMENT_DIR"], "state", "vllm_argv.json"), "w") as f:
+with open(os.path.join(os.environ["HPC_EXPERIMENT_DIR"], "vllm_argv.json"), "w") as f:
     json.dump(sys.argv[1:], f)
 os.execv(sys.executable, [sys.executable, {serve_tiny!r}, "--model", args.model, "--host", args.host, "--port",
                           str(args.port), "--served-model-name", args.served_model_name or args.model])
@@ -226,7 +226,7 @@ def test_upstream_config_and_strict_generator(launch, tmp_path, upstream):
     jobs = jobs_by_key(exp)
     assert [jobs[k]["state"] for k in ("tasks", "traces", "cleanup")] == ["COMPLETED"] * 3
     assert jobs["server"]["state"] == "CANCELLED" and jobs["traces"]["elapsed"] == "2/2 tasks COMPLETED"
-    assert json.loads((exp / "state" / "vllm_argv.json").read_text())[:3] == ["serve", model, "--host"]
+    assert json.loads((exp / "vllm_argv.json").read_text())[:3] == ["serve", model, "--host"]
     endpoint = json.loads((exp / "state" / "endpoint.json").read_text())
     assert endpoint["model_name"] == "tiny-served" and endpoint["endpoint_url"].startswith("http://")
     tasks = exp / "outputs" / "tasks"
@@ -236,7 +236,8 @@ def test_upstream_config_and_strict_generator(launch, tmp_path, upstream):
         assert sorted(p.name for p in chunk.iterdir()) == [f"t{j}" for j in range(3 * i, 3 * i + 3)]
         out = exp / "outputs" / "traces" / f"chunk_{i:03d}"
         traces = [json.loads(p.read_text()) for p in sorted(out.glob("t*.json"))]
-        assert [Path(t["task"]).parent for t in traces] == [tasks] * 3 and all(isinstance(t["answer"], str) for t in traces)
+        assert [Path(t["task"]).parent for t in traces] == [tasks] * 3
+        assert all(isinstance(t["answer"], str) for t in traces)
         argv = json.loads((out / "argv_traces.json").read_text())
         assert argv[argv.index("--tasks-input") + 1] == str(chunk)
         assert argv[argv.index("--target-repo") + 1] == f"org/up-traces-chunk{i:03d}"

@@ -1,5 +1,5 @@
-"""The SLURM backend: sbatch scripts, `sbatch --parsable` submissions, one sacct (and at most one squeue)
-per status query, scancel. The only place that runs SLURM commands at launch."""
+"""The SLURM backend: sbatch scripts, `sbatch --test-only` checks, `sbatch --parsable` submissions, one sacct (and
+at most one squeue) per status query, scancel. The only place that runs SLURM commands at launch."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from hpc.backends import JobStatus, Materialized
 from hpc.backends.slurm import commands as cmd
 from hpc.backends.slurm.script import render
 from hpc.context import Limits
-from hpc.errors import SlurmError
+from hpc.errors import LaunchError, SlurmError
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.spec import PROGRAMS, Plan
 
 
-def run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=cmd.submit_env())
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
+                              env=cmd.submit_env())
     except FileNotFoundError:
         raise SlurmError(f"{argv[0]} is not installed here; run this on a SLURM login node (or use --dry_run)") from None
     except subprocess.TimeoutExpired:
@@ -46,6 +47,18 @@ class Backend:
                                              arrays.get(job.key)) for job in plan.jobs}
         files = {scripts[job.key]: render(job, plan) for job in plan.jobs}
         return Materialized(files=files, scripts=scripts, commands=commands, arrays=arrays)
+
+    def validate(self, plan: Plan, materialized: Materialized) -> None:
+        """`sbatch --test-only` per job, its script on stdin (so nothing needs to be written first): the controller
+        checks partition, account, QOS, GRES, time and nodes as the site sees them, and submits nothing."""
+        for job in plan.jobs:
+            proc = run(cmd.validate_argv(materialized.arrays.get(job.key)),
+                       stdin=materialized.files[materialized.scripts[job.key]])
+            if proc.returncode != 0:
+                reason = cmd.refusal_reason(proc.stderr, proc.returncode)
+                if cmd.controller_unreachable(proc.stderr):
+                    raise SlurmError(f"sbatch --test-only could not check job {job.key!r}: {reason}")
+                raise LaunchError(f"sbatch --test-only refused job {job.key!r}: {reason}")
 
     def submit(self, plan: Plan, materialized: Materialized, manifest: Manifest) -> None:
         """One `sbatch --parsable` per job, in order; if SLURM refuses one, the jobs already submitted are

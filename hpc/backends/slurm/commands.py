@@ -65,18 +65,18 @@ def sbatch_argv(script: Path, deps: Iterable[Dependency] = (), job_ids: Mapping[
             str(script)]
 
 
-def test_only_argv(array: str | None = None) -> list[str]:
+def validate_argv(array: str | None = None) -> list[str]:
     """`sbatch --test-only`, script on stdin: the controller checks the job and submits nothing. No --dependency:
     the jobs it would name are not submitted yet."""
     return ["sbatch", "--test-only", *([f"--array={array}"] if array else [])]
 
 
 #: What to check when `sbatch --test-only` refuses for a reason containing the key (first match wins).
-TEST_ONLY_HINTS = (
+REFUSAL_HINTS = (
+    ("qos", "check --qos and the limits it sets (time, nodes, GPUs)"),
     ("account", "check --account/--partition"),
-    ("qos", "check --qos"),
     ("partition", "check --partition"),
-    ("time limit", "check the time limit (--time_limit, --consolidate_time_limit, --eval_time_limit)"),
+    ("time limit", "ask for no more time than the partition's MaxTime"),
     ("gres", "check --gpus_per_node and the profile's gpu_request/gpu_type"),
     ("node configuration", "no node has that many GPUs, CPUs or that much memory: check --gpus_per_node and "
                            "the profile's gpus_per_node/cpus_per_node/mem_per_node"),
@@ -85,13 +85,13 @@ TEST_ONLY_HINTS = (
 _UNREACHABLE = re.compile(r"unable to contact slurm controller|socket timed out|connection refused", re.IGNORECASE)
 
 
-def test_only_reason(stderr: str, returncode: int) -> str:
+def refusal_reason(stderr: str, returncode: int) -> str:
     """Why `sbatch --test-only` refused, on one line, with what to check when the reason is a known one."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for prefix in ("sbatch: error: ", "allocation failure: ", "Batch job submission failed: "):
         lines = [ln.removeprefix(prefix) for ln in lines]
     reason = "; ".join(dict.fromkeys(lines)) or f"exit code {returncode}"
-    hint = next((h for key, h in TEST_ONLY_HINTS if key in reason.lower()), None)
+    hint = next((h for key, h in REFUSAL_HINTS if key in reason.lower()), None)
     return f"{reason}; {hint}" if hint else reason
 
 

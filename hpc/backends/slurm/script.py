@@ -94,7 +94,8 @@ def header(job: Job, profile: ClusterProfile, experiment_dir: Path) -> SbatchHea
                         cpus_per_task=r.cpus_per_node, gpus=_gpu_request(r.gpus_per_node, profile.gpu_request),
                         mem=r.mem, time=r.time_limit, log_pattern=str(experiment_dir / "logs" / log),
                         workdir=str(job.prelude.workdir),
-                        extra=(*profile.gpu_types.get(r.gpu_type or "", ()), *profile.sbatch_extra), requeue=job.requeue,
+                        extra=(*profile.gpu_types.get(r.gpu_type or "", ()), *profile.sbatch_extra),
+                        requeue=job.requeue,
                         signal=f"B:USR1@{job.body.signal_seconds}" if isinstance(job.body, Train) else None,
                         export_none=profile.export_none)
 
