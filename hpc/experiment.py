@@ -14,16 +14,21 @@ from hpc.manifest import Manifest
 from hpc.spec import Plan
 
 
+def check_target(target: Path) -> None:
+    """An experiment directory may replace only one left by an earlier dry run."""
+    if target.exists():
+        old = manifests.read(target) if (target / manifests.FILE).exists() else None
+        if old is None or old.submitted:
+            raise LaunchError(f"experiment directory {target} already exists; choose another --job_name")
+
+
 def write_experiment(plan: Plan, materialized: Materialized, manifest: Manifest) -> None:
     """Write the plan's files, the backend's scripts, the links and the manifest.
 
     A directory left by an earlier dry run is replaced; one whose jobs were submitted is refused.
     """
     target = plan.experiment_dir
-    if target.exists():
-        old = manifests.read(target) if (target / manifests.FILE).exists() else None
-        if old is None or old.submitted:
-            raise LaunchError(f"experiment directory {target} already exists; choose another --job_name")
+    check_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

@@ -71,24 +71,14 @@ def options_from_args(args: argparse.Namespace) -> LaunchOptions:
 
 def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
     from hpc import backends
-    from hpc.experiment import write_experiment
+    from hpc.experiment import check_target, write_experiment
     from hpc.manifest import Manifest
 
     backend = backends.get("slurm")
     plan = JOB_TYPES[opts.job_type].build(opts, environ, lambda: backend.limits(opts.dry_run))
     materialized = backend.materialize(plan)
-    validate = opts.validate is not False and not opts.dry_run
-    if opts.dry_run and opts.validate is not False:  # only against the profile's own cluster
-        from hpc.profiles import slurm_cluster_name
-
-        here = slurm_cluster_name()
-        validate = here in plan.profile.slurm_cluster_names
-        if opts.validate and not validate:
-            raise LaunchError(f"--validate needs a SLURM controller of {plan.cluster}, but "
-                              + (f"this node's is cluster {here!r}" if here else "none answers here")
-                              + f"; run the dry run on a {plan.cluster} login node, or drop --validate")
-    if validate:
-        backend.validate(plan, materialized)  # before anything is written: a refusal leaves nothing behind
+    check_target(plan.experiment_dir)
+    backend.validate(plan, materialized, opts.validate, opts.dry_run)  # before anything is written
     manifest = Manifest.for_plan(plan, backend.name, materialized.scripts, materialized.arrays, opts.dry_run)
     write_experiment(plan, materialized, manifest)
     print(f"hpc-launch: cluster {plan.cluster}, experiment directory {plan.experiment_dir}")
@@ -100,7 +90,7 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
         return 0
     backend.submit(plan, materialized, manifest)
     for record in manifest.jobs:
-        print(f"  {record.key}: SLURM job {record.job_id} ({' '.join(record.submit_argv or [])})")
+        print(f"  {record.key}: job {record.job_id} ({' '.join(record.submit_argv or [])})")
     print(f"hpc-launch: logs in {plan.experiment_dir / 'logs'}")
     if not opts.wait:
         return 0

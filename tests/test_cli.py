@@ -67,7 +67,7 @@ def test_malformed_yaml(tmp_path, fake_slurm):
         (["--dry"], "unrecognized arguments: --dry"),  # no abbreviations
         (["--gpus_per_node", "8"], "--gpus_per_node 8 is not possible on local"),
         (["--time_limit", "2-00:00:00"], "exceeds the 12:00:00 limit of partition gpu on local"),
-        (["--job_type", "rl"], "argument --job_type/--job-type: invalid choice"),
+        (["--job_type", "nosuch"], "argument --job_type/--job-type: invalid choice"),
         (["--eval_model", "m", "--eval_tasks", "t"], "--eval_model is for --job_type eval"),
         (["--consolidate"], "the train config has no 'deepspeed' key"),
         (["--job_type", "consolidate", "--consolidate_input", "/no/such/ckpt"], "--consolidate_input: /no/such/ckpt does not exist"),
@@ -98,7 +98,7 @@ def test_dry_run_writes_everything_and_submits_nothing(tmp_path, fake_slurm, tra
     path_env, calls = fake_slurm
     exp = tmp_path / "exp"
     result = run_cli("--cluster", "local", "--train_config_path", str(train_yaml), "--experiments_dir", str(exp),
-                     "--job_name", "dry1", "--dry_run", env=path_env)
+                     "--job_name", "dry1", "--dry_run", "--no-validate", env=path_env)
     assert result.returncode == 0, result.stderr
     assert "--- train: sbatch --parsable " + str(exp / "dry1/sbatch/train.sbatch") in result.stdout
     assert "#SBATCH --job-name=dry1" in result.stdout and "dry run: nothing submitted" in result.stdout
@@ -152,11 +152,12 @@ def test_dashed_spellings_are_still_accepted():
 
 
 def test_unknown_dataset_is_caught_before_anything_is_written(tmp_path, fake_slurm):
-    """On an offline cluster the datasets are checked against dataset_info.json at launch."""
+    """The datasets are checked against dataset_info.json at launch (a name that is no Hub id must be there)."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "dataset_info.json").write_text('{"mine": {"file_name": "mine.json"}}')
     config = tmp_path / "sft.yaml"
     config.write_text(f"model_name_or_path: m\ndataset: no_such_dataset\ndataset_dir: {data}\n")
     line = _bad(tmp_path, fake_slurm, "--cluster", "local", "--train_config_path", str(config))
-    assert line == f"hpc-launch: error: dataset 'no_such_dataset' is not in {data}/dataset_info.json"
+    assert line == (f"hpc-launch: error: dataset 'no_such_dataset' is not in {data}/dataset_info.json and is not a Hub "
+                    "id (org/name); add it there or name a Hub dataset")

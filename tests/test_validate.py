@@ -102,7 +102,7 @@ def test_an_unreachable_controller_is_not_a_refusal():
 def test_each_script_goes_to_test_only_on_stdin_without_dependency(slurm, train_yaml, tmp_path):
     plan = _plan(train_yaml, tmp_path, eval_tasks="build/tiny/data/tiny_eval.json", dependency="afterok:7")
     m = dataclasses.replace(materialized(plan), arrays={"eval": "0-3%2"})
-    Backend().validate(plan, m)
+    Backend().validate(plan, m, None, dry_run=False)
     assert slurm.calls() == ["sbatch --test-only", "sbatch --test-only --array=0-3%2"]
     assert slurm.scripts() == "".join(m.files[m.scripts[key]] for key in ("train", "eval"))
     assert not (tmp_path / "exp").exists()
@@ -113,7 +113,7 @@ def test_the_first_refused_job_is_named_with_slurms_reason(slurm, train_yaml, tm
     monkeypatch.setenv("FAKE_REFUSE", ACCOUNT)
     monkeypatch.setenv("FAKE_REFUSE_IF", "--job-name=v_eval")
     with pytest.raises(LaunchError) as err:
-        Backend().validate(plan, materialized(plan))
+        Backend().validate(plan, materialized(plan), None, dry_run=False)
     assert str(err.value) == f"sbatch --test-only refused job 'eval': {ACCOUNT}; check --account/--partition"
     assert err.value.exit_code == 2 and len(slurm.calls()) == 2
 
@@ -122,7 +122,7 @@ def test_no_controller_is_a_slurm_failure_not_bad_input(slurm, train_yaml, tmp_p
     plan = _plan(train_yaml, tmp_path)
     monkeypatch.setenv("FAKE_REFUSE", "Unable to contact slurm controller (connect failure)")
     with pytest.raises(SlurmError, match="could not check job 'train': Unable to contact") as err:
-        Backend().validate(plan, materialized(plan))
+        Backend().validate(plan, materialized(plan), None, dry_run=False)
     assert err.value.exit_code == 1
 
 
@@ -141,7 +141,7 @@ def test_a_submission_validates_first_then_submits(slurm, train_yaml, tmp_path):
     assert result.returncode == 0, result.stderr
     calls = slurm.calls()
     assert calls[0] == "sbatch --test-only" and calls[1].startswith("sbatch --parsable ") and len(calls) == 2
-    assert "train: SLURM job 4242" in result.stdout
+    assert "train: job 4242" in result.stdout
 
 
 def test_no_validate_skips_it(slurm, train_yaml, tmp_path):

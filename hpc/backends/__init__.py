@@ -57,9 +57,10 @@ class Backend(Protocol):
     def materialize(self, plan: "Plan") -> Materialized:
         """Scripts and commands for every job. Pure."""
 
-    def validate(self, plan: "Plan", materialized: Materialized) -> None:
+    def validate(self, plan: "Plan", materialized: Materialized, asked: bool | None, dry_run: bool) -> None:
         """Ask the scheduler whether it would accept every job as it stands, submitting nothing; a refusal raises
-        hpc.errors.LaunchError naming the job and the scheduler's reason."""
+        hpc.errors.LaunchError naming the job and the scheduler's reason. asked: --validate / --no-validate / None
+        (the backend's default for a real submission or a dry run)."""
 
     def submit(self, plan: "Plan", materialized: Materialized, manifest: "Manifest") -> None:
         """Submit every job in order, recording each in the manifest as it goes; all or nothing."""

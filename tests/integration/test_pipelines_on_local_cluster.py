@@ -109,7 +109,7 @@ def test_a_refused_second_submission_cancels_the_first(launch, tmp_path, user_pr
     """Fault injection: SLURM refuses consolidate (too long for the partition): train must not stay queued."""
     user_profiles("lenient", max_time="2-00:00:00")
     result = launch("--cluster", "lenient", "--train_config_path", str(ZERO3_YAML), "--job_name", "atomic",
-                    "--consolidate", "--eval_tasks", EVAL_DATA, "--consolidate_time_limit", "1-00:00:00",
+                    "--consolidate", "--eval_tasks", EVAL_DATA, "--consolidate_time_limit", "1-00:00:00", "--no-validate",
                     extra_env={"HPC_LAUNCH_PROFILES": str(tmp_path / "my_profiles")})
     assert result.returncode == 1
     assert "sbatch refused job 'consolidate': Batch job submission failed: Requested time limit is invalid" in result.stderr

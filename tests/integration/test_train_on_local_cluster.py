@@ -40,7 +40,7 @@ def test_tiny_train_completes_and_no_secret_leaks(launch, tmp_path):
     summary = json.loads((exp / "run_summary.json").read_text())
     assert summary["base_model"] == "build/tiny/model" and summary["training_type"] == "SFT"
     assert summary["weights_location"] == str(out) and summary["training_parameters"]["max_steps"] == 6
-    assert summary["job_id"] == job["job_id"] and summary["training_start"] <= summary["training_end"]
+    assert summary["slurm_job_id"] == job["job_id"] and summary["training_start"] <= summary["training_end"]
     status = run_cli(str(exp), module="hpc.status")
     assert status.returncode == 0 and f"{job['job_id']}  COMPLETED" in status.stdout, status
     leaks = [p for root in (exp, out) for p in root.rglob("*") if p.is_file() and canary.encode() in p.read_bytes()]
@@ -64,7 +64,7 @@ def test_too_long_time_is_refused_by_the_profile(launch, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "hpc-launch: error: --time_limit 13:00:00 exceeds the 12:00:00 limit of partition gpu on local; "
-        "ask for less time (jobs can requeue and resume)"
+        "ask for --time_limit 12:00:00 or less (jobs can requeue and resume)"
     )
     assert not (tmp_path / "exp").exists()
 
@@ -73,7 +73,8 @@ def test_too_long_time_is_refused_by_slurm_with_its_reason(launch, tmp_path, use
     """A profile that claims more than the partition allows: SLURM's own refusal reaches the user."""
     user_profiles("lenient", max_time="2-00:00:00")
     result = launch("--cluster", "lenient", "--train_config_path", str(TINY_YAML), "--job_name", "slurmsaysno",
-                    "--time_limit", "1-00:00:00", extra_env={"HPC_LAUNCH_PROFILES": str(tmp_path / "my_profiles")})
+                    "--time_limit", "1-00:00:00", "--no-validate",
+                    extra_env={"HPC_LAUNCH_PROFILES": str(tmp_path / "my_profiles")})
     assert result.returncode == 1, result
     assert "sbatch refused job 'train': Batch job submission failed: Requested time limit is invalid" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -82,7 +83,8 @@ def test_too_long_time_is_refused_by_slurm_with_its_reason(launch, tmp_path, use
 
 
 def test_bad_account_is_refused_by_slurm(launch, tmp_path):
-    result = launch("--train_config_path", str(TINY_YAML), "--job_name", "badacct", "--account", "nosuchacct")
+    result = launch("--train_config_path", str(TINY_YAML), "--job_name", "badacct", "--account", "nosuchacct",
+                    "--no-validate")
     assert result.returncode == 1
     assert "Invalid account or account/partition combination specified" in result.stderr
 

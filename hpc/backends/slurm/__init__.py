@@ -48,9 +48,24 @@ class Backend:
         files = {scripts[job.key]: render(job, plan) for job in plan.jobs}
         return Materialized(files=files, scripts=scripts, commands=commands, arrays=arrays)
 
-    def validate(self, plan: Plan, materialized: Materialized) -> None:
+    def validate(self, plan: Plan, materialized: Materialized, asked: bool | None, dry_run: bool) -> None:
         """`sbatch --test-only` per job, its script on stdin (so nothing needs to be written first): the controller
-        checks partition, account, QOS, GRES, time and nodes as the site sees them, and submits nothing."""
+        checks partition, account, QOS, GRES, time and nodes as the site sees them, and submits nothing.
+
+        asked None: always before a real submission; in a dry run only when this node's controller is the
+        profile's cluster. True insists (an error when no such controller answers); False skips."""
+        if asked is False:
+            return
+        if dry_run:
+            from hpc.profiles import slurm_cluster_name
+
+            here = slurm_cluster_name()
+            if here not in plan.profile.slurm_cluster_names:
+                if asked:
+                    raise LaunchError(f"--validate needs a SLURM controller of {plan.cluster}, but "
+                                      + (f"this node's is cluster {here!r}" if here else "none answers here")
+                                      + f"; run the dry run on a {plan.cluster} login node, or drop --validate")
+                return
         for job in plan.jobs:
             proc = run(cmd.validate_argv(materialized.arrays.get(job.key)),
                        stdin=materialized.files[materialized.scripts[job.key]])
