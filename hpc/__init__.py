@@ -9,7 +9,5 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_dir(name: str) -> Path:
-    """A folder of package data (cluster_profiles, dotenv, ...), found with importlib.resources."""
-    from importlib.resources import files
-
-    return Path(str(files(__name__) / name))
+    """A folder of package data (cluster_profiles, dotenv, ...), inside the installed package."""
+    return Path(__file__).resolve().parent / name

@@ -5,9 +5,7 @@ A Launch bundles them with the job name and experiment directory; job builders t
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +63,9 @@ def resolve_context(opts: LaunchOptions, environ: Mapping[str, str] = os.environ
 
 
 def _tunnel(profile: ClusterProfile) -> Tunnel:
+    import ipaddress
+    import socket
+
     if not profile.tunnel_host:
         raise LaunchError(f"--tunnel: the {profile.name} profile has no tunnel_host; add the ssh destination to it")
     host = profile.tunnel_host.replace("{login}", socket.gethostname().split(".")[0])

@@ -48,7 +48,10 @@ def _add(group: argparse._ActionsContainer, f, hints: Mapping[str, object]) -> N
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hpc-launch", description="Turn ML work into SLURM jobs on this cluster.", allow_abbrev=False)
+    p = _Parser(prog="hpc-launch", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Turn ML work into SLURM jobs on this cluster.\n\nAfter a launch: hpc-launch list | status "
+                            "EXPERIMENT | logs EXPERIMENT [JOB] | cancel EXPERIMENT [JOB] | retry EXPERIMENT "
+                            "(hpc-launch VERB --help)")
     p.add_argument("--version", action="version", version=f"hpc-launch {__version__}")
     for cls in GROUPS:
         hints = typing.get_type_hints(cls)
@@ -101,12 +104,18 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from hpc.upstream import translate
+    from hpc.verbs import VERBS
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in VERBS:
+        from hpc import verbs
+
+        return verbs.main(argv[0], argv[1:])
     p = parser()
     known = {action.dest for action in p._actions}
     switches = {a.dest for a in p._actions if isinstance(a, argparse.BooleanOptionalAction)}
     try:
-        argv = translate(sys.argv[1:] if argv is None else argv, known, switches)
+        argv = translate(argv, known, switches)
     except LaunchError as exc:
         print(f"hpc-launch: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -3,26 +3,34 @@
 The keys and types come from LLaMA-Factory's own argument dataclasses (the `_TRAIN_ARGS` its train entry hands to
 HfArgumentParser), read from the installed sources with `ast`: importing llamafactory would import transformers and
 torch, which takes seconds. Only unambiguous mistakes are refused; what cannot be classified is accepted.
+
+Reading the sources takes 0.1-0.3 s, so what every key accepts is kept in hpc-launch's cache (hpc.cache) together with
+the file (path, mtime, size) of every module it was read from and of this checker; an entry is used only while each
+of those module names still resolves to the same, unchanged file.
 """
 
 from __future__ import annotations
 
 import ast
-import difflib
 import functools
 import importlib.util
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc import cache
 from hpc.errors import LaunchError
 
 #: A union member of an annotation: "none", "bool", "int", "float", "str", "dict", "any", or a tuple of choices.
 Kind = str | tuple[object, ...]
 #: A field's annotation and the module whose names it uses.
 Field = tuple[str, ast.expr]
+
+#: The cache file (in hpc.cache's lf_check/) of the kinds of every train key.
+CACHE_FILE = "fields.json"
 
 _SIMPLE = {"bool": "bool", "int": "int", "float": "float", "str": "str", "dict": "dict", "Dict": "dict"}
 _DESCRIBE = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string",
@@ -37,6 +45,7 @@ class _SchemaError(Exception):
 class _Scope:
     """A module's top-level bindings: classes, `from` imports (name -> module, name) and `A = B` aliases."""
 
+    stamp: list[object]  # its file's path, mtime and size, taken before it was read (see _file_stamp)
     classes: dict[str, ast.ClassDef] = field(default_factory=dict)
     imports: dict[str, tuple[str, str]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
@@ -72,11 +81,16 @@ def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
             yield stmt
 
 
-@functools.cache
+#: Module name -> its scope: each source is read once per process, and these are the sources a cache entry lists.
+_SCOPES: dict[str, _Scope] = {}
+
+
 def _scope(module: str) -> _Scope:
+    if module in _SCOPES:
+        return _SCOPES[module]
     path, is_package = _locate(module)
     package = module if is_package else module.rpartition(".")[0]
-    scope = _Scope()
+    scope = _Scope(_file_stamp(path))
     for stmt in _top_level(ast.parse(path.read_text(encoding="utf-8")).body):
         if isinstance(stmt, ast.ClassDef):
             scope.classes[stmt.name] = stmt
@@ -86,6 +100,7 @@ def _scope(module: str) -> _Scope:
             scope.imports.update({a.asname or a.name: (source, a.name) for a in stmt.names})
         elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Name):
             scope.aliases.update({t.id: stmt.value.id for t in stmt.targets if isinstance(t, ast.Name)})
+    _SCOPES[module] = scope
     return scope
 
 
@@ -220,7 +235,52 @@ def _accepts(kind: Kind, value: object) -> bool:
             "int": number is not None and math.isfinite(number) and number.is_integer()}[kind]
 
 
+def _file_stamp(path: Path) -> list[object]:
+    """A source file as a cache entry records it: path, mtime and size."""
+    info = path.stat()
+    return [str(path), info.st_mtime_ns, info.st_size]
+
+
+def _checker() -> dict[str, object]:
+    """What else a cache entry depends on: the Python and this checker's own source."""
+    return {"python": sys.implementation.cache_tag, "checker": _file_stamp(Path(__file__))}
+
+
+def _cached(entry: object) -> dict[str, tuple[Kind, ...]] | None:
+    """The kinds in a cache entry, if it was computed from the sources as they are now."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        if {k: entry[k] for k in ("python", "checker")} != _checker() or entry["files"] != {
+                module: _file_stamp(_locate(module)[0]) for module in entry["files"]}:
+            return None
+        return {name: tuple(tuple(k) if isinstance(k, list) else k for k in kinds)
+                for name, kinds in entry["fields"].items()}
+    except Exception:  # a module that moved or vanished, an entry of another shape: computed again
+        return None
+
+
+def _field_kinds() -> dict[str, tuple[Kind, ...]] | str:
+    """What every train key accepts (see _kinds), or why LLaMA-Factory's sources could not be read; from the cache
+    when its entry is current, else read from the sources and stored."""
+    folder = cache.directory("lf_check")
+    path = folder / CACHE_FILE if folder else None
+    kinds = _cached(cache.read_json(path)) if path else None
+    if kinds is not None:
+        return kinds
+    fields = _schema()
+    if isinstance(fields, str):
+        return fields
+    kinds = {name: _kinds(*f) for name, f in fields.items()}
+    if path:
+        files = {module: scope.stamp for module, scope in _SCOPES.items()}
+        cache.write_json(path, {**_checker(), "files": files, "fields": kinds})
+    return kinds
+
+
 def _type_error(key: str, value: object, members: tuple[Kind, ...]) -> str:
+    import difflib  # only when refusing
+
     choices = [str(c) for m in members if isinstance(m, tuple) for c in m]
     close = difflib.get_close_matches(str(value), choices, n=1) if isinstance(value, str) else []
     if close:
@@ -248,19 +308,21 @@ def check_train_config(config: Mapping[str, object], source: str) -> str | None:
     """
     if importlib.util.find_spec("llamafactory") is None:
         return f"LLaMA-Factory is not installed here, so train config {source} was not checked before queueing"
-    fields = _schema()
-    if isinstance(fields, str):
-        return f"could not read LLaMA-Factory's train arguments ({fields}); train config {source} was not checked"
+    kinds = _field_kinds()
+    if isinstance(kinds, str):
+        return f"could not read LLaMA-Factory's train arguments ({kinds}); train config {source} was not checked"
     allow_extra = os.getenv("ALLOW_EXTRA_ARGS", "0").lower() in ("true", "y", "1")
     for key, value in config.items():
         name = str(key)
-        if name not in fields:
+        if name not in kinds:
             if allow_extra:
                 continue
-            close = difflib.get_close_matches(name, fields, n=1)
+            import difflib  # only when refusing
+
+            close = difflib.get_close_matches(name, kinds, n=1)
             fix = f"did you mean {close[0]!r}?" if close else "remove it or fix its spelling"
             raise LaunchError(f"train config {source}: unknown key {name!r} (not a {_lf_name()} train argument); {fix}")
-        members = _kinds(*fields[name])
+        members = kinds[name]
         if value is not None and not any(_accepts(kind, value) for kind in members):
             raise LaunchError(f"train config {source}: {_type_error(name, value, members)}")
     return None

@@ -66,9 +66,20 @@ class JobRecord:
     elapsed: str | None = None
     reason: str | None = None  # why it did not run, or was cancelled
     error: str | None = None  # the backend's refusal
+    array_first: int = 0  # the number of the unit (e.g. datagen chunk) that array task 0 works on
+    history: list[dict[str, object]] = field(default_factory=list)  # earlier attempts: job_id, state, array, ...
 
     def submitted(self, job_id: str, argv: list[str]) -> None:
         self.job_id, self.submit_argv, self.submitted_at, self.state = job_id, argv, utc_now(), State.PENDING
+
+    def attempt(self, job_id: str, argv: list[str], array: str | None, array_size: int | None) -> None:
+        """Submitted again (hpc-launch retry): the attempt before goes to history."""
+        if self.job_id or self.state != State.PLANNED:
+            self.history.append({"job_id": self.job_id, "state": str(self.state), "array": self.array,
+                                 "submitted_at": self.submitted_at, "exit_code": self.exit_code})
+        self.array, self.array_size = array, array_size
+        self.reason, self.error, self.exit_code, self.elapsed = None, None, None, None
+        self.submitted(job_id, argv)
 
 
 @dataclass
@@ -80,6 +91,7 @@ class Manifest:
     dry_run: bool
     created_at: str
     jobs: list[JobRecord] = field(default_factory=list)
+    attempts: int = 1  # hpc-launch retry adds one
     schema: int = SCHEMA
 
     @property
@@ -99,7 +111,8 @@ class Manifest:
         """The manifest of a planned launch; scripts and arrays (key -> value) come from the backend."""
         jobs = [JobRecord(key=j.key, name=j.name, job_type=j.job_type, script=str(plan.experiment_dir / scripts[j.key]),
                           dependencies=[{k: v for k, v in asdict(d).items() if v is not None} for d in j.dependencies],
-                          array=arrays.get(j.key), array_size=j.array.size if j.array else None)
+                          array=arrays.get(j.key), array_size=j.array.size if j.array else None,
+                          array_first=j.array.first if j.array else 0)
                 for j in plan.jobs]
         return cls(experiment=plan.experiment_dir.name, experiment_dir=str(plan.experiment_dir), cluster=plan.cluster,
                    backend=backend, dry_run=dry_run, created_at=utc_now(), jobs=jobs)

@@ -1,7 +1,7 @@
 """Launch options, declared once: each field's type, default and help make its command-line flag.
 
-Groups are dataclasses (common, resources, one per job type); LaunchOptions is all of them. None
-means "not given": the config file, the profile or a built-in default decides.
+Groups are dataclasses (common, resources, one per job type) that only declare fields; LaunchOptions is all of
+them. None means "not given": the config file, the profile or a built-in default decides.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ def parse_bool(text: str) -> bool:
 parse_bool.__name__ = "true/false"  # what argparse names in "invalid ... value"
 
 
+#: The decorator of an option group: it only declares fields (LaunchOptions, which has all of them, is the class that
+#: gets instantiated), so it gets no __init__, __repr__ or __eq__ of its own, which would cost every start-up time.
+group = dataclass(init=False, repr=False, eq=False)
+
+
 def passthrough(kind: type) -> Any:
     """A LLaMA-Factory key with its own flag: given, it overrides the train YAML."""
     parse = parse_bool if kind is bool else kind
@@ -35,7 +40,7 @@ def passthrough(kind: type) -> Any:
                                          "passthrough": True})
 
 
-@dataclass
+@group
 class CommonOptions:
     """launch"""
 
@@ -59,7 +64,7 @@ class CommonOptions:
                                "under proxychains4 (needs SSH_KEY, a key path, in your secrets file or dotenv)")
 
 
-@dataclass
+@group
 class ResourceOptions:
     """resources (default: the cluster profile)"""
 
@@ -74,7 +79,7 @@ class ResourceOptions:
     gpus_type: str | None = flag(help="same as --gpu_type (upstream's spelling)")
 
 
-@dataclass
+@group
 class TrainOptions:
     """train (LLaMA-Factory): explicit flags > YAML > profile > defaults"""
 
@@ -157,7 +162,7 @@ class TrainOptions:
                 if f.metadata.get("passthrough") and getattr(self, f.name) is not None}
 
 
-@dataclass
+@group
 class ConsolidateOptions:
     """consolidate: ZeRO shards -> safetensors (--job_type consolidate, or --consolidate after train)"""
 
@@ -174,7 +179,7 @@ class ConsolidateOptions:
     overwrite: bool = flag(False, "write into a non-empty output dir (only its own files)")
 
 
-@dataclass
+@group
 class DatagenOptions:
     """datagen: task generation, then traces in chunks as one throttled job array (flags win over the config)"""
 
@@ -223,11 +228,9 @@ class DatagenOptions:
     num_chunks: int | None = flag(help="array size when tasks are generated in the same launch")
     server_wait_timeout: int | None = flag(help="seconds jobs wait for the inference server (default: the config's "
                                                 "healthcheck attempts x delay, else 1800)")
-    only_failed_chunks: str | None = flag(help="resubmit only the unfinished chunks of that launch",
-                                          metavar="EXPERIMENT_DIR")
 
 
-@dataclass
+@group
 class EvalOptions:
     """eval: lm_eval (vLLM on GPUs, HF on CPU) or the profile's eval_command, chained (afterok) or --job_type eval"""
 
@@ -246,7 +249,7 @@ class EvalOptions:
     eval_partition: str | None = flag()
 
 
-@dataclass
+@group
 class PathOptions:
     """paths (override the dotenv's)"""
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
-import socket
 import subprocess
 import types
 import typing
@@ -228,11 +226,8 @@ def _check_values(p: ClusterProfile, where: str) -> None:
     if p.tunnel_host and not re.fullmatch(r"(ssh://)?([\w.-]+@)?[\w.{}-]+(:\d+)?", p.tunnel_host):
         raise LaunchError(f"{where}: key 'tunnel_host' must be an ssh destination such as user@host, host:port "
                           "or {login}i ({login} is the login node the launch runs on)")
-    for net in p.tunnel_direct or []:
-        try:
-            ipaddress.ip_network(net)
-        except ValueError:
-            raise LaunchError(f"{where}: tunnel_direct entry {net!r} is not a network such as 10.0.0.0/8") from None
+    if p.tunnel_direct:
+        _check_networks(p.tunnel_direct, where)
     if p.signal_seconds < 120:
         raise LaunchError(f"{where}: signal_seconds must be at least 120 (SLURM may signal up to 60 s early)")
     for arg in p.eval_command or []:
@@ -251,6 +246,16 @@ def _check_values(p: ClusterProfile, where: str) -> None:
             re.compile(pattern)
         except re.error as exc:
             raise LaunchError(f"{where}: hostname pattern {pattern!r} is not a valid regex ({exc})") from None
+
+
+def _check_networks(networks: list[str], where: str) -> None:
+    import ipaddress  # only for profiles with tunnel_direct
+
+    for net in networks:
+        try:
+            ipaddress.ip_network(net)
+        except ValueError:
+            raise LaunchError(f"{where}: tunnel_direct entry {net!r} is not a network such as 10.0.0.0/8") from None
 
 
 def source_stem(path: Path) -> str:
@@ -325,6 +330,8 @@ def slurm_cluster_name() -> str | None:
 
 
 def detect_profile(environ: typing.Mapping[str, str] = os.environ) -> ClusterProfile:
+    import socket
+
     profiles = all_profiles(environ)
     hostnames = list(dict.fromkeys([socket.gethostname(), socket.getfqdn()]))
     cluster = slurm_cluster_name()

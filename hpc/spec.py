@@ -164,6 +164,7 @@ class Array:
 
     indices: tuple[int, ...]
     parallel: int
+    first: int = 0  # the unit (e.g. datagen chunk) that task 0 works on
 
     @property
     def size(self) -> int:

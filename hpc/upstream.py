@@ -39,6 +39,9 @@ REPLACED = {
     "sandbox_gpu": "pass sandbox settings to your generator with --datagen_extra_args",
     "trace_use_gpu": "trace jobs use the launch's vLLM server job (vllm_server in the datagen config); they need no GPUs",
 }
+#: Flags of earlier hpc-launch versions -> what replaced them.
+RETIRED = {"only_failed_chunks": "hpc-launch retry EXPERIMENT reruns only the chunks without a done marker, in the "
+                                 "same experiment"}
 #: Upstream job types that do not exist here.
 JOB_TYPES_REPLACED = {
     "sft_mca": "the MCA trainer is not supported; use --job_type train",
@@ -63,6 +66,8 @@ def translate(argv: Sequence[str], known: set[str], switches: set[str] = set()) 
         name = name.replace("-", "_")
         if name in REPLACED and name not in known:
             raise LaunchError(f"--{name} is upstream's; {REPLACED[name]}")
+        if name in RETIRED:
+            raise LaunchError(f"--{name} was replaced: {RETIRED[name]}")
         answer = value if eq else (out[i + 1] if i + 1 < len(out) else "")
         if name in switches and answer.lower() in _TRUE + _FALSE:
             out[i] = f"--{name}" if answer.lower() in _TRUE else f"--no-{name}"

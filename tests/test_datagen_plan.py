@@ -94,19 +94,10 @@ def test_offline_cluster_defers_uploads_per_chunk(setup):
     assert any("python -m hpc.sync" in n for n in plan.notes)
 
 
-def test_only_failed_chunks_resubmits_the_rest(setup):
-    first = build_plan(_opts(setup))
-    old = first.experiment_dir
-    (old / "configs").mkdir(parents=True)
-    (old / "configs" / "datagen.json").write_text(first.files["configs/datagen.json"])
-    (old / "chunks").mkdir()
-    for i in (0, 2, 3):
-        (old / "chunks" / f"chunk_{i:03d}.done").touch()
-    retry = build_plan(LaunchOptions(job_type="datagen", cluster="local", experiments_dir=str(setup / "exp"),
-                                     job_name="dg_retry", only_failed_chunks=str(old)))
-    assert [j.key for j in retry.jobs] == ["server", "traces", "cleanup"]
-    assert materialized(retry).arrays["traces"] == "1,4%2"
-    assert f"--output-dir {old}/outputs/traces/" in script(retry, "traces")  # same outputs as the first launch
+def test_arrays_record_which_chunk_their_task_0_is(setup):
+    plan = build_plan(_opts(setup, num_chunks=1000), limits=lambda: Limits(max_array_size=401))
+    assert [j.array.first for j in plan.jobs if j.array] == [0, 400, 800]
+    assert [r["array_first"] for r in planned_manifest(plan)["jobs"] if r["array"]] == [0, 400, 800]
 
 
 @pytest.mark.parametrize(
@@ -122,7 +113,6 @@ def test_only_failed_chunks_resubmits_the_rest(setup):
         ({"datagen_script": "missing.py"}, "--datagen_script missing.py does not exist"),
         ({"datagen_config": "nope.yaml"}, "datagen config 'nope.yaml' not found"),
         ({"enable_task_gen": False, "enable_trace_gen": False}, "nothing to do"),
-        ({"only_failed_chunks": "/nonexistent"}, "not a datagen experiment directory"),
     ],
 )
 def test_bad_input(setup, changes, message):

@@ -360,12 +360,3 @@ def test_our_format_keeps_working(workdir):
     config = engine_file(plan)
     assert (config["engine"]["type"], config["engine"]["model"], config["vllm_server"]) == \
         ("vllm_local", "build/tiny/model", None)
-
-
-def test_retry_of_an_older_launch_is_refused_clearly(workdir):
-    old = workdir / "exp" / "old"
-    (old / "configs").mkdir(parents=True)
-    (old / "configs" / "datagen.json").write_text(json.dumps({"config": {"engine": "vllm_local", "model": "m"},
-                                                              "options": {}, "num_chunks": 1}))
-    with pytest.raises(LaunchError, match="launched by an older hpc-launch"):
-        build_plan(LaunchOptions(job_type="datagen", cluster="gpu4", only_failed_chunks=str(old), job_name="r"))

@@ -25,13 +25,14 @@ needs_lf = pytest.mark.skipif(importlib.util.find_spec("llamafactory") is None, 
 
 
 @pytest.fixture(autouse=True)
-def _fresh_caches():
-    """Each test reads the sources it sees (the fake package tests swap them)."""
+def _fresh_caches(tmp_path, monkeypatch):
+    """Each test reads the sources it sees (the fake package tests swap them), with an empty cache of its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     lf_check._schema.cache_clear()
-    lf_check._scope.cache_clear()
+    lf_check._SCOPES.clear()
     yield
     lf_check._schema.cache_clear()
-    lf_check._scope.cache_clear()
+    lf_check._SCOPES.clear()
 
 
 def refusal(config: dict) -> str:
@@ -83,6 +84,15 @@ def test_allow_extra_args_lets_unknown_keys_pass_as_in_llamafactory(monkeypatch)
 ])
 def test_clearly_wrong_values_are_refused(config, message):
     assert refusal(config) == message
+
+
+@needs_lf
+def test_the_cached_kinds_are_the_kinds_read_from_the_sources(monkeypatch):
+    read = lf_check._field_kinds()
+    assert isinstance(read, dict) and read == {name: lf_check._kinds(*f) for name, f in lf_check._schema().items()}
+    with monkeypatch.context() as patched:
+        _forget_sources(patched)
+        assert lf_check._field_kinds() == read  # same keys, same kinds: the same configs are refused
 
 
 def test_a_check_imports_no_ml_library_and_is_cheap():
@@ -185,6 +195,43 @@ def test_sources_of_an_unexpected_shape_give_a_note_not_a_refusal(fake_lf):
     note = lf_check.check_train_config({"anything": "goes"}, "f.yaml")
     assert note == ("could not read LLaMA-Factory's train arguments (_SchemaError: cannot find ModelArguments in "
                     "llamafactory.hparams.parser); train config f.yaml was not checked")
+
+
+def _forget_sources(monkeypatch):
+    """A new process, as far as the checker knows; reading any source from now on fails the test."""
+    lf_check._schema.cache_clear()
+    lf_check._SCOPES.clear()
+    monkeypatch.setattr(lf_check, "_schema", lambda: pytest.fail("the sources were read again"))
+
+
+def test_the_kinds_come_from_the_cache_while_every_source_is_unchanged(fake_lf, tmp_path, monkeypatch):
+    with pytest.raises(LaunchError, match="mode must be one of a, b, not 'c'"):
+        lf_check.check_train_config({"mode": "c"}, "f.yaml")
+    entry = json.loads((tmp_path / "cache" / "hpc-launch" / "lf_check" / lf_check.CACHE_FILE).read_text())
+    assert {"llamafactory.hparams.parser", "llamafactory.hparams.args", "llamafactory.hparams.base",
+            "llamafactory.hparams.enums"} <= set(entry["files"])
+    with monkeypatch.context() as patched:
+        _forget_sources(patched)
+        assert lf_check.check_train_config({"mode": "b", "steps": 2}, "f.yaml") is None
+        with pytest.raises(LaunchError, match="mode must be one of a, b, not 'c'"):
+            lf_check.check_train_config({"mode": "c"}, "f.yaml")
+        with pytest.raises(LaunchError, match="did you mean 'high'?"):
+            lf_check.check_train_config({"level": "hi"}, "f.yaml")
+    lf_check._SCOPES.clear()
+    (fake_lf / "enums.py").write_text(FAKE_ENUMS + '    C = "c"\n')  # a new LF version: the entry is stale
+    assert lf_check.check_train_config({"mode": "c"}, "f.yaml") is None
+
+
+def test_a_cache_entry_of_other_sources_or_an_unwritable_cache_is_only_slower(fake_lf, tmp_path, monkeypatch):
+    folder = tmp_path / "cache" / "hpc-launch" / "lf_check"
+    folder.mkdir(parents=True)
+    (folder / lf_check.CACHE_FILE).write_text('{"python": "other", "fields": {"anything": ["any"]}}')
+    with pytest.raises(LaunchError, match="unknown key 'anything'"):
+        lf_check.check_train_config({"anything": 1}, "f.yaml")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no" / "such" / "place"))
+    with pytest.raises(LaunchError, match="unknown key 'anything'"):
+        lf_check.check_train_config({"anything": 1}, "f.yaml")
+    assert not (tmp_path / "no").exists()
 
 
 # --- the real thing -------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 The manifest: typed, replaced atomically, and manifests of hpc-launch 0.1 (no schema) still read."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from hpc.backends.slurm.commands import (array_size, combine, dependency_option, parse_sacct, parse_squeue, sacct_argv,
-                                         sbatch_argv, submit_env)
+from hpc.backends.slurm.accounting import (array_indices, array_size, combine, parse_sacct, parse_squeue, sacct_argv,
+                                           squeue_argv)
+from hpc.backends.slurm.commands import dependency_option, ranges, sbatch_argv, submit_env
 from hpc.spec import Dependency
 
 
@@ -54,3 +55,19 @@ def test_an_array_is_done_only_when_every_task_is_accounted_for():
     never_ran = combine("146", parse_sacct("146_[0-2%2]|x|CANCELLED by 0|0:0|00:00:00\n"), tasks=3)
     assert never_ran.done and never_ran.state == "CANCELLED"  # one record for the whole cancelled array
     assert combine("146", full) is None and combine("146_1", full).state == "FAILED"  # plain jobs: exact id
+
+
+def test_reasons_task_counts_and_failed_tasks():
+    rows = parse_sacct("7|t|PENDING|0:0|00:00:00|Dependency\n8_0|a|COMPLETED|0:0|1|None\n8_1|a|FAILED|1:0|1|None\n"
+                       "8_[2-4%2]|a|PENDING|0:0|0|JobArrayTaskLimit\n")
+    assert rows["7"].reason == "Dependency" and rows["8_0"].reason == ""
+    array = combine("8", rows, tasks=5)
+    assert array.state == "PENDING" and array.reason == "JobArrayTaskLimit"
+    assert array.tasks == {"COMPLETED": 1, "FAILED": 1, "PENDING": 3} and array.failed_tasks == (1,)
+    assert parse_squeue("9|x|PENDING|JobHeldUser\n")["9"].reason == "JobHeldUser"
+    assert squeue_argv(["9"])[-3:] == ["%i|%j|%T|%r", "-j", "9"] and "Reason" in sacct_argv(["9"])[4]
+
+
+def test_ranges_and_indices_round_trip():
+    assert ranges([9, 0, 1, 2, 4, 10, 11]) == "0-2,4,9-11"
+    assert array_indices("0-2,4,9-11%3") == [0, 1, 2, 4, 9, 10, 11]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,6 +30,9 @@ class JobStatus:
     backend_state: str  # the backend's own word
     exit_code: str = ""
     elapsed: str = ""  # for arrays: how many tasks completed
+    reason: str = ""  # why it is pending (the backend's words: Dependency, Resources, held, ...)
+    tasks: dict[str, int] = field(default_factory=dict)  # arrays: State value -> number of tasks
+    failed_tasks: tuple[int, ...] = ()  # arrays: task ids that ended without completing
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,19 @@ class Backend(Protocol):
     def query(self, jobs: Sequence["JobRecord"]) -> dict[str, JobStatus]:
         """The state of many submitted jobs at once (job id -> status), in one batched request."""
 
-    def cancel(self, job_ids: Sequence[str]) -> bool:
-        """Cancel jobs by id; True when the backend accepted it."""
+    def resubmit(self, experiment_dir: Path, manifest: "Manifest", keys: Sequence[str],
+                 tasks: dict[str, list[int]]) -> None:
+        """Submit the recorded scripts of `keys` again, in manifest order, as the experiment's next attempt:
+        dependencies on jobs not resubmitted are dropped (they completed), arrays run only `tasks[key]`."""
 
-    def log_path(self, experiment_dir: Path, job: "JobRecord") -> Path:
-        """Where a job writes its output (for an array: the newest task's)."""
+    def cancel(self, jobs: Sequence["JobRecord"]) -> list[str]:
+        """Cancel jobs by their ids, then confirm with a query; returns the ids still queued or running."""
+
+    def array_tasks(self, spec: str) -> list[int]:
+        """The task ids of an array spec as this backend writes it."""
+
+    def log_path(self, experiment_dir: Path, job: "JobRecord", task: int | None = None) -> Path:
+        """Where a job writes its output (an array's task `task`; default: its newest task's)."""
 
 
 def get(name: str) -> Backend:

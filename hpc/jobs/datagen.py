@@ -35,27 +35,18 @@ ENGINE_CONFIG_REL = {"tasks": "configs/datagen_config.resolved.yaml",
 
 
 def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Callable[[], Limits] = Limits) -> Plan:
-    """The datagen launch as data (or, with --only_failed_chunks EXP, the unfinished chunks of EXP)."""
+    """The datagen launch as data. Writes nothing."""
     ctx = resolve_context(opts, environ)
-    if opts.only_failed_chunks:
-        record, chunks, job_name = _retry(opts)
-        try:
-            d = replace(opts, **{**record["options"], "enable_task_gen": False})
-            config = DatagenConfig.from_record(record["config"])
-        except (TypeError, KeyError):
-            raise LaunchError(f"--only_failed_chunks {opts.only_failed_chunks}: launched by an older hpc-launch, whose "
-                              "record this one cannot read; launch its traces again with --trace_input_path") from None
-    else:
-        d = opts
-        config = load_config(d, ctx, environ)
-        job_name = opts.job_name or f"datagen_{config.engine}_{datetime.now():%Y%m%d-%H%M%S}"
-        exp = ctx.experiments_dir / job_name
-        tasks_dir = Path(d.trace_input_path or d.datagen_output_dir or exp / "outputs" / "tasks").absolute()
-        num_chunks = _num_chunks(d, config, tasks_dir) if d.enable_trace_gen else 0
-        record = {"config": config.record(), "options": group_values(d, DatagenOptions), "tasks_dir": str(tasks_dir),
-                  "traces_dir": str(Path(d.trace_output_dir or exp / "outputs" / "traces").absolute()),
-                  "num_chunks": num_chunks}
-        chunks = list(range(num_chunks))
+    d = opts
+    config = load_config(d, ctx, environ)
+    job_name = opts.job_name or f"datagen_{config.engine}_{datetime.now():%Y%m%d-%H%M%S}"
+    exp = ctx.experiments_dir / job_name
+    tasks_dir = Path(d.trace_input_path or d.datagen_output_dir or exp / "outputs" / "tasks").absolute()
+    num_chunks = _num_chunks(d, config, tasks_dir) if d.enable_trace_gen else 0
+    record = {"config": config.record(), "options": group_values(d, DatagenOptions), "tasks_dir": str(tasks_dir),
+              "traces_dir": str(Path(d.trace_output_dir or exp / "outputs" / "traces").absolute()),
+              "num_chunks": num_chunks}
+    chunks = list(range(num_chunks))
     launch = Launch(d, ctx, job_name, limits)
     tasks_dir, traces_dir = Path(record["tasks_dir"]), Path(record["traces_dir"])
     endpoint = config.endpoint_file or str(launch.experiment_dir / ENDPOINT_REL)
@@ -109,19 +100,6 @@ def _deferred_uploads(d: DatagenOptions, tasks_dir: Path, traces_dir: Path, chun
         uploads.append({"folder": str(traces_dir / f"chunk_{i:03d}"), "repo": f"{d.trace_target_repo}-chunk{i:03d}",
                         "repo_type": "dataset", "private": True})
     return uploads
-
-
-def _retry(opts: LaunchOptions) -> tuple[dict, list[int], str]:
-    """The record of an earlier launch and its chunks without a .done marker."""
-    old = Path(opts.only_failed_chunks).expanduser().absolute()
-    try:
-        record = json.loads((old / "configs" / "datagen.json").read_text())
-    except (OSError, ValueError):
-        raise LaunchError(f"--only_failed_chunks {old}: not a datagen experiment directory (no configs/datagen.json)") from None
-    missing = [i for i in range(record["num_chunks"]) if not (old / "chunks" / f"chunk_{i:03d}.done").exists()]
-    if not missing:
-        raise LaunchError(f"--only_failed_chunks: every chunk of {old} finished; nothing to resubmit")
-    return record, missing, opts.job_name or f"{old.name}_retry_{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _num_chunks(d: DatagenOptions, config: DatagenConfig, tasks_dir: Path) -> int:
@@ -217,7 +195,7 @@ def _trace_arrays(launch: Launch, config: DatagenConfig, body: Stage, deps: tupl
     for n, (group, members) in enumerate(sorted(groups.items())):
         key = "traces" if len(groups) == 1 else f"traces_{n}"
         offset = group * per_array
-        array = Array(indices=tuple(c - offset for c in members), parallel=config.chunk_parallelism)
+        array = Array(indices=tuple(c - offset for c in members), parallel=config.chunk_parallelism, first=offset)
         job_deps = deps if not steps else (Dependency("afterany", job=steps[-1].job.key),)
         steps.append(_stage_step(launch, config, key, replace(body, chunk_offset=offset), job_deps,
                                  job_type="traces", array=array))

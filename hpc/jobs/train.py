@@ -15,7 +15,7 @@ import yaml
 from hpc import ROOT
 from hpc.context import Launch, Limits
 from hpc.errors import LaunchError
-from hpc.jobs import consolidate, evaluate
+from hpc.jobs import evaluate
 from hpc.lf_check import check_train_config
 from hpc.lf_data import INFO_REL, parse_extra_args, resolve_datasets
 from hpc.options import LaunchOptions
@@ -100,6 +100,8 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, lim
     launch = Launch.create(opts, lambda ctx: _default_job_name(config_path), environ, limits)
     steps = [train_step(launch, config_path, yaml_config)]
     if opts.consolidate:
+        from hpc.jobs import consolidate
+
         steps.append(consolidate.after_train(launch, steps[-1]))
     elif any([opts.consolidate_output_repo, opts.consolidate_output_dir, opts.dtype != "fp32"]):
         raise LaunchError("consolidate options were given without --consolidate; add --consolidate to chain it")

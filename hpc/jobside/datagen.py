@@ -21,8 +21,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 
@@ -71,6 +69,9 @@ def publish(file: Path, url: str, model: str) -> None:
 
 
 def healthy(url: str) -> bool:
+    import urllib.error  # here, not at the top: the launcher imports this module for task_names
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/models", timeout=5) as response:
             return response.status == 200

@@ -15,7 +15,7 @@ import yaml
 
 from hpc import ROOT
 
-from helpers import log_text, manifest
+from helpers import log_text, manifest, run_cli
 from test_datagen_upstream import STRICT_GENERATOR
 
 pytestmark = pytest.mark.slurm
@@ -130,19 +130,20 @@ def test_thousand_chunks_are_submitted_with_one_sbatch(launch, tmp_path, online)
         subprocess.run(["scancel", array_id], check=False)
 
 
-def test_only_failed_chunks_runs_just_those_again(launch, tmp_path, online):
-    """A generator that fails on one task until it is fixed: the retry runs only that task's chunk."""
+def test_retry_reruns_only_unfinished_chunks_across_attempts(launch, tmp_path, online):
+    """A generator that fails on two tasks until each is fixed: each retry runs only the chunks still without
+    a done marker, whichever attempt wrote the others."""
     args, env = online
     tasks = tmp_path / "tasks"
     for i in range(6):
         (tasks / f"t{i}").mkdir(parents=True)
-    fixed = tmp_path / "fixed"
     script = tmp_path / "flaky.py"
     script.write_text(f"""import pathlib, sys
 args = sys.argv
 tasks = sorted(p.name for p in pathlib.Path(args[args.index("--tasks-input") + 1]).iterdir())
-if "t3" in tasks and not pathlib.Path({str(fixed)!r}).exists():
-    sys.exit("flaky: t3 is broken")
+for t in tasks:
+    if t in ("t3", "t5") and not pathlib.Path({str(tmp_path)!r}, "fixed_" + t).exists():
+        sys.exit("flaky: " + t + " is broken")
 out = pathlib.Path(args[args.index("--output-dir") + 1])
 out.mkdir(parents=True, exist_ok=True)
 for t in tasks:
@@ -155,15 +156,27 @@ for t in tasks:
     first = launch(*common, "--job_name", "flaky", extra_env=env)
     exp = tmp_path / "exp" / "flaky"
     assert first.returncode == 1 and manifest(exp)["jobs"][0]["state"] == "FAILED", log_text(exp)
-    done = sorted(p.name for p in (exp / "chunks").glob("*.done"))
-    assert done == ["chunk_000.done", "chunk_002.done"]  # t3 is in chunk 1 (t2, t3)
-    fixed.touch()
-    retry = launch(*args, "--job_type", "datagen", "--only_failed_chunks", str(exp), "--job_name", "flaky_retry",
-                   "--wait", extra_env=env)
-    assert retry.returncode == 0, retry.stdout + log_text(tmp_path / "exp" / "flaky_retry")
-    assert manifest(tmp_path / "exp" / "flaky_retry")["jobs"][0]["array"] == "1%4"
+    assert sorted(p.name for p in (exp / "chunks").glob("*.done")) == ["chunk_000.done"]  # (t2, t3), (t4, t5) fail
+
+    status = run_cli("status", str(exp))
+    assert status.returncode == 1 and "1 COMPLETED, 2 FAILED" in status.stdout, status.stdout
+    logs = run_cli("logs", str(exp))
+    assert "first error: flaky: t3 is broken" in logs.stdout, logs.stdout
+
+    (tmp_path / "fixed_t3").touch()
+    second = run_cli("retry", str(exp), "--wait", env=env)
+    assert second.returncode == 1, second.stdout + second.stderr  # chunk 2 still fails
+    traces = manifest(exp)["jobs"][0]
+    assert traces["array"] == "1-2%4" and traces["history"][0]["state"] == "FAILED"
+
+    (tmp_path / "fixed_t5").touch()
+    third = run_cli("retry", str(exp), "--wait", env=env)
+    assert third.returncode == 0, third.stdout + third.stderr + log_text(exp)
+    traces = manifest(exp)["jobs"][0]
+    assert traces["array"] == "2%4" and len(traces["history"]) == 2 and manifest(exp)["attempts"] == 3
     outputs = sorted(p.name for p in (exp / "outputs" / "traces").rglob("*.json"))
     assert outputs == [f"t{i}.json" for i in range(6)]
+    assert "nothing to retry" in run_cli("retry", str(exp)).stdout
 
 
 # `vllm serve` on the local cluster: parses the flags the launcher writes for the vllm_server section below

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from hpc.backends import JobStatus, Materialized
+from hpc.backends.slurm import accounting as acct
 from hpc.backends.slurm import commands as cmd
 from hpc.backends.slurm.script import render
 from hpc.context import Limits
 from hpc.errors import LaunchError, SlurmError
 from hpc.manifest import JobRecord, Manifest, State
-from hpc.spec import PROGRAMS, Plan
+from hpc.spec import PROGRAMS, Dependency, Plan
 
 
 def run(argv: list[str], timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -97,35 +100,83 @@ class Backend:
     def _roll_back(self, manifest: Manifest, keys: list[str], refused: str) -> str:
         if not keys:
             return ""
-        if not self.cancel([manifest.job(k).job_id or "" for k in keys]):
-            return f"; cancelling the {len(keys)} job(s) already submitted failed: cancel them with scancel"
+        alive = self.cancel([manifest.job(k) for k in keys])
         for key in keys:
             record = manifest.job(key)
-            record.state, record.reason = State.CANCELLED, f"cancelled by the launcher: {refused} was refused"
+            if record.job_id not in alive:
+                record.state, record.reason = State.CANCELLED, f"cancelled by the launcher: {refused} was refused"
+        if alive:
+            return f"; job(s) {', '.join(alive)} already submitted could not be cancelled: scancel {' '.join(alive)}"
         return f"; cancelled the {len(keys)} job(s) already submitted"
 
-    def cancel(self, job_ids: Sequence[str]) -> bool:
-        return not job_ids or run(["scancel", *job_ids]).returncode == 0
+    def resubmit(self, experiment_dir: Path, manifest: Manifest, keys: Sequence[str],
+                 tasks: dict[str, list[int]]) -> None:
+        job_ids = {r.key: r.job_id or "" for r in manifest.jobs}
+        again = set(keys)
+        for record in (r for r in manifest.jobs if r.key in again):
+            deps = tuple(Dependency(d["kind"], job=d["job"]) for d in record.dependencies if d.get("job") in again)
+            spec = None
+            if record.array:
+                spec = f"{cmd.ranges(tasks[record.key])}%{record.array.partition('%')[2] or len(tasks[record.key])}"
+            argv = cmd.sbatch_argv(Path(record.script), deps, job_ids, spec)
+            proc = run(argv)
+            if proc.returncode != 0:  # the attempts before stay submitted: the manifest says which
+                record.error = cmd.slurm_message(proc.stdout, proc.stderr, proc.returncode)
+                record.state = State.SUBMIT_FAILED
+                manifest.write()
+                raise SlurmError(f"sbatch refused job {record.key!r} again: {record.error}")
+            record.attempt(proc.stdout.strip().split(";")[0], argv, spec, len(tasks[record.key]) if spec else None)
+            job_ids[record.key] = record.job_id or ""
+            manifest.write()
 
-    def query(self, jobs: Sequence[JobRecord]) -> dict[str, JobStatus]:
-        """One sacct call for every job and array task, and one squeue only for jobs accounting has not seen."""
-        arrays = {j.job_id: j.array_size for j in jobs if j.job_id and j.array_size}
+    def cancel(self, jobs: Sequence[JobRecord]) -> list[str]:
+        """scancel by id, then poll (one batched query each time, up to ~15 s) until none is queued or running."""
         ids = [j.job_id for j in jobs if j.job_id]
-        proc = run(cmd.sacct_argv(ids))
+        if not ids:
+            return []
+        run(["scancel", *ids])
+        arrays = {j.job_id: j.array_size for j in jobs if j.job_id and j.array_size}
+        deadline = time.monotonic() + 15
+        while True:
+            rows = self._rows(ids, arrays)
+            alive = [j for j in ids if j in rows and not rows[j].done]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.5)
+
+    def _rows(self, ids: list[str], arrays: dict[str, int]) -> dict[str, acct.Row]:
+        proc = run(acct.sacct_argv(ids))
         if proc.returncode != 0:
             raise SlurmError(f"sacct failed: {cmd.slurm_message(proc.stdout, proc.stderr, proc.returncode)}")
-        rows = cmd.parse_sacct(proc.stdout)
-        missing = [j for j in ids if cmd.combine(j, rows, arrays.get(j)) is None]
-        if missing:
-            proc = run(cmd.squeue_argv(missing))
-            rows.update(cmd.parse_squeue(proc.stdout) if proc.returncode == 0 else {})
-        found = {j: row for j in ids if (row := cmd.combine(j, rows, arrays.get(j))) is not None}
-        return {j: JobStatus(j, cmd.to_state(r.state), r.state, r.exit_code, r.elapsed) for j, r in found.items()}
+        rows = acct.parse_sacct(proc.stdout)
+        pending = [j for j in ids if acct.combine(j, rows, arrays.get(j)) is None or j in arrays]
+        if pending:  # not in accounting yet, or an array whose pending tasks need squeue's reason
+            proc = run(acct.squeue_argv(pending))
+            if proc.returncode == 0:
+                for key, row in acct.parse_squeue(proc.stdout).items():
+                    rows.setdefault(key, row)
+                    if row.reason and not rows[key].reason:
+                        rows[key] = replace(rows[key], reason=row.reason)
+        return {j: row for j in ids if (row := acct.combine(j, rows, arrays.get(j))) is not None}
 
-    def log_path(self, experiment_dir: Path, job: JobRecord) -> Path:
-        """%x_%j.out; for arrays %x_%A_%a.out (the newest task's log)."""
+    def query(self, jobs: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        """One sacct call for every job and array task, and one squeue for jobs accounting has not seen
+        (and for arrays, whose pending tasks only squeue explains)."""
+        arrays = {j.job_id: j.array_size for j in jobs if j.job_id and j.array_size}
+        rows = self._rows([j.job_id for j in jobs if j.job_id], arrays)
+        return {j: JobStatus(j, cmd.to_state(r.state), r.state, r.exit_code, r.elapsed, r.reason,
+                             {str(cmd.to_state(w)): n for w, n in r.tasks.items()}, r.failed_tasks)
+                for j, r in rows.items()}
+
+    def array_tasks(self, spec: str) -> list[int]:
+        return acct.array_indices(spec)
+
+    def log_path(self, experiment_dir: Path, job: JobRecord, task: int | None = None) -> Path:
+        """%x_%j.out; for arrays %x_%A_%a.out (task `task`, else the newest task's log)."""
         logs = experiment_dir / "logs"
+        if job.array and task is not None:
+            return logs / f"{job.name}_{job.job_id}_{task}.out"
         if job.array:
             found = sorted(logs.glob(f"{job.name}_{job.job_id}_*.out"), key=lambda p: p.stat().st_mtime)
-            return found[-1] if found else logs / "missing"
+            return found[-1] if found else logs / f"{job.name}_{job.job_id}_0.out"
         return logs / f"{job.name}_{job.job_id}.out"

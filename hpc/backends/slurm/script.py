@@ -1,7 +1,8 @@
 """A job as an sbatch script: the #SBATCH header and the Jinja2 templates (StrictUndefined, values quoted).
 
 Templates are package data (templates/); a directory named by HPC_LAUNCH_TEMPLATES is searched first,
-so a site can override one part without copying the rest.
+so a site can override one part without copying the rest. Compiled templates are kept in hpc-launch's cache
+(hpc.cache), each valid only for the same template source and environment settings.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import jinja2
 
+from hpc import cache
 from hpc.errors import LaunchError
 from hpc.profiles import ClusterProfile
 from hpc.spec import PORT, Cancel, Command, Job, Plan, Server, Stage, Train
@@ -75,15 +77,39 @@ def shell_words(argv: list[str]) -> str:
     return " ".join(word(arg) for arg in argv)
 
 
+#: How templates are read; the compiled code depends on these, so cached code is only used with the same ones.
+_SETTINGS = {"undefined": jinja2.StrictUndefined, "autoescape": False, "keep_trailing_newline": True,
+             "trim_blocks": True, "lstrip_blocks": True}
+_FILTERS = {"q": quote, "sbatch": sbatch_value}
+
+
+class _CompiledTemplates(jinja2.FileSystemBytecodeCache):
+    """Jinja's cache of compiled templates (one file per template, checked against its source), made to check the
+    environment's settings too, and never to fail a launch."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(str(directory))
+        self.settings = repr((sorted(_SETTINGS.items()), sorted(_FILTERS)))
+
+    def get_source_checksum(self, source: str) -> str:
+        return super().get_source_checksum(f"{self.settings}\n{source}")
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:  # not stored: the next launch compiles it again
+            pass
+
+
 @functools.cache
 def environment(override: str | None) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = [jinja2.PackageLoader("hpc.backends.slurm", "templates")]
     if override:
         loaders.insert(0, jinja2.FileSystemLoader(override))
-    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined, autoescape=False,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters["q"] = quote
-    env.filters["sbatch"] = sbatch_value
+    folder = cache.directory("templates")
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), **_SETTINGS,
+                             bytecode_cache=_CompiledTemplates(folder) if folder else None)
+    env.filters.update(_FILTERS)
     return env
 
 
