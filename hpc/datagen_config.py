@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from hpc import ROOT
+from hpc import ROOT, yamlio
 from hpc.context import Context
 from hpc.datagen_schema import TOP, VLLM_LOCAL, normalize, unknown_key, vllm_serve
 from hpc.errors import LaunchError
@@ -110,7 +110,7 @@ def _read(d: DatagenOptions, environ: Mapping[str, str]) -> tuple[dict[str, Any]
         return {}, "--datagen_engine"
     path = resolve_config_path(name)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yamlio.load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise LaunchError(f"datagen config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -294,7 +294,7 @@ def _trace_model(d: DatagenOptions, trace: dict[str, Any], server: ServerSpec | 
         return d.trace_model
     if d.trace_harbor_config:
         try:
-            agents = (yaml.safe_load((workdir / d.trace_harbor_config).read_text()) or {}).get("agents") or [{}]
+            agents = (yamlio.load((workdir / d.trace_harbor_config).read_text()) or {}).get("agents") or [{}]
             harbor_model = agents[0].get("model_name")
         except (yaml.YAMLError, AttributeError, TypeError):
             raise LaunchError(f"--trace_harbor_config {d.trace_harbor_config} is not a Harbor job YAML") from None

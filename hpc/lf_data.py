@@ -14,8 +14,7 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-
+from hpc import yamlio
 from hpc.errors import LaunchError
 from hpc.prefetch import REPO_ID
 
@@ -109,6 +108,6 @@ def parse_extra_args(text: str | None) -> dict[str, object]:
             value, i = (words[i + 1], i + 1) if has_value else ("true", i)
         elif not eq:
             raise LaunchError(f"--train_extra_args: {word!r} is not KEY=VALUE or --KEY VALUE")
-        result[key.replace("-", "_")] = yaml.safe_load(value) if value else ""
+        result[key.replace("-", "_")] = yamlio.load(value) if value else ""
         i += 1
     return result

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-import yaml
 
-from hpc import ROOT
+from hpc import ROOT, yamlio
 from hpc.context import Launch
 from hpc.spec import PROGRAMS, Command, Dependency, Plan, Step
 
@@ -28,7 +27,7 @@ def launch_record(launch: Launch, head: dict[str, object] = {}, tail: dict[str, 
     ctx = launch.ctx
     record = {"cluster": ctx.profile.name, "profile_file": str(ctx.profile.source), **head, "workdir": str(ctx.workdir),
               **tail, "environment": ctx.env, "secrets_file": str(ctx.secrets_path) if ctx.secrets_path else None}
-    return yaml.safe_dump(record, sort_keys=False)
+    return yamlio.dump(record)
 
 
 def finish(launch: Launch, steps: list[Step], sync_after: tuple[Dependency, ...] | None = None) -> Plan:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from hpc import data_dir
+from hpc import data_dir, yamlio
 from hpc.errors import LaunchError
 from hpc.timefmt import parse_time
 
@@ -283,7 +283,7 @@ def profile_files(environ: typing.Mapping[str, str] = os.environ) -> dict[str, P
 
 def load_profile(path: Path) -> ClusterProfile:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yamlio.load(path.read_text())
     except yaml.YAMLError as exc:
         raise LaunchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_profile(data, path)

@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from dotenv import dotenv_values
 
+from hpc import yamlio
 from hpc.envfiles import check_secrets_file
 from hpc.errors import LaunchError, run_reporting
 from hpc.jobside.sync import run
@@ -23,7 +23,7 @@ def _load_secrets(experiment_dir: Path) -> None:
     launch = experiment_dir / "configs" / "launch.yaml"
     if not launch.is_file():
         raise LaunchError(f"{experiment_dir} has no configs/launch.yaml; is it an experiment directory?")
-    recorded = yaml.safe_load(launch.read_text()) or {}
+    recorded = yamlio.load(launch.read_text()) or {}
     env = recorded.get("environment") or {}
     for key in ("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "WANDB_DIR", "WANDB_BASE_URL"):
         if key in env:

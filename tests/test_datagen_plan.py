@@ -13,6 +13,7 @@ from hpc.context import Limits
 from hpc.errors import LaunchError
 from hpc.jobs.datagen import build_plan
 from hpc.jobside.datagen import chunk_bounds, task_list
+from hpc.jobside.sync import expand
 from hpc.options import LaunchOptions
 
 SERVER = ["python", "{hpc_root}/examples/datagen/serve_tiny.py", "--model", "{model}", "--port", "{port}"]
@@ -88,10 +89,26 @@ def test_existing_tasks_make_chunks_at_launch(setup):
 def test_offline_cluster_defers_uploads_per_chunk(setup):
     plan = build_plan(_opts(setup, datagen_target_repo="org/tasks"))
     assert "--target-repo" not in script(plan, "traces") and "--target-repo" not in script(plan, "tasks")
-    uploads = json.loads(plan.files["configs/deferred.json"])["uploads"]
+    recorded = json.loads(plan.files["configs/deferred.json"])["uploads"]
+    assert recorded[1] == {"folder": f"{setup}/exp/dg/outputs/traces/chunk_{{index:03d}}",
+                           "repo": "org/traces-chunk{index:03d}", "indices": "0-4", "repo_type": "dataset",
+                           "private": True}  # one pattern for all chunks
+    uploads = [u for item in recorded for u in expand(item)]
     assert [u["repo"] for u in uploads] == ["org/tasks"] + [f"org/traces-chunk{i:03d}" for i in range(5)]
+    assert uploads[-1]["folder"] == f"{setup}/exp/dg/outputs/traces/chunk_004"
     assert {u["repo_type"] for u in uploads} == {"dataset"}
     assert any("python -m hpc.sync" in n for n in plan.notes)
+
+
+def test_ten_thousand_chunks_plan_as_small_as_ten(setup):
+    sizes = {}
+    for n in (10, 10_000):
+        plan = build_plan(_opts(setup, num_chunks=n, trace_output_dir="{odd}/traces"))
+        uploads = json.loads(plan.files["configs/deferred.json"])["uploads"]
+        assert len(uploads) == 1 and len(expand(uploads[0])) == n
+        assert expand(uploads[0])[-1]["folder"] == f"{setup}/{{odd}}/traces/chunk_{n - 1:03d}"  # braces kept as they are
+        sizes[n] = sum(len(text) for text in plan.files.values())
+    assert sizes[10_000] - sizes[10] < 100  # the digits of the counts, not a record per chunk
 
 
 def test_arrays_record_which_chunk_their_task_0_is(setup):

@@ -61,7 +61,8 @@ def test_dry_run_on_every_profile_from_another_directory(installed, cluster, tmp
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump({**TRAIN_YAML, "model_name_or_path": "/models/m"}))
     env = {"PATH": f"{installed}:/usr/bin:/bin", "HOME": str(tmp_path)}
     result = _run([installed / "hpc-launch", "--cluster", cluster, "--train_config_path", "sft.yaml", "--dry_run",
-                   "--account", "proj", "--experiments_dir", tmp_path / "exp", "--job_name", "pkg"], cwd=tmp_path, env=env)
+                   "--account", "proj", "--no-validate", "--experiments_dir", tmp_path / "exp", "--job_name", "pkg"],
+                   cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     launch = yaml.safe_load((tmp_path / "exp" / "pkg" / "configs" / "launch.yaml").read_text())
     assert "site-packages" in launch["profile_file"]
@@ -76,12 +77,13 @@ def test_console_scripts_and_version(installed):
         assert _run([installed / name, "--help"]).returncode == 0, name
 
 
-def test_the_test_extra_alone_skips_what_needs_the_registry_extra(installed):
+def test_the_test_extra_alone_skips_what_needs_the_registry_extra(installed, tmp_path):
     """Without supabase and wandb, the registry tests skip with the reason instead of failing."""
     tests = [ROOT / "tests" / name for name in ("test_registry_inputs.py", "test_registry_supabase.py",
                                                 "test_registry_wandb.py", "test_sync.py")]
     result = _run([installed / "python", "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests],
-                  cwd=ROOT / "tests", env={"PATH": f"{installed}:/usr/bin:/bin", "HOME": str(ROOT)})
+                  cwd=ROOT / "tests", env={"PATH": f"{installed}:/usr/bin:/bin", "HOME": str(ROOT),
+                                           "XDG_CACHE_HOME": str(tmp_path / "cache")})  # not the checkout's .cache
     assert result.returncode == 0, result.stdout[-3000:]
     assert "needs the [registry] extra" in result.stdout and " failed" not in result.stdout
 

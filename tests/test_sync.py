@@ -42,6 +42,46 @@ def test_failures_are_reported_and_retried_next_time(tmp_path, capsys):
     assert json.loads((exp / "state" / "sync.json").read_text()) == {}
 
 
+def test_a_pattern_is_one_upload_per_index_each_recorded_and_retried_on_its_own(tmp_path, monkeypatch, capsys):
+    from hpc.jobside import sync
+
+    uploaded = []
+
+    def fake_upload(item):
+        if not (tmp_path / item["folder"]).is_dir():
+            raise RuntimeError(f"{item['folder']} does not exist")
+        uploaded.append(item)
+        return f"commit of {item['repo']}"
+
+    monkeypatch.setattr(sync, "upload", fake_upload)
+    for name in ("chunk_000", "chunk_002", "chunk_003", "old_style"):
+        (tmp_path / name).mkdir()
+    exp = _experiment(tmp_path, {"uploads": [
+        {"folder": str(tmp_path / "chunk_{index:03d}"), "repo": "org/x-chunk{index:03d}", "indices": "0-1,3",
+         "repo_type": "dataset", "private": True},
+        {"folder": str(tmp_path / "old_style"), "repo": "org/old", "repo_type": "dataset"}]})  # as before patterns
+    assert run(exp) == 1
+    assert [(u["folder"], u["repo"]) for u in uploaded] == [(str(tmp_path / "chunk_000"), "org/x-chunk000"),
+                                                            (str(tmp_path / "chunk_003"), "org/x-chunk003"),
+                                                            (str(tmp_path / "old_style"), "org/old")]
+    assert all("indices" not in u and u["repo_type"] == "dataset" and u["private"] for u in uploaded[:2])
+    assert set(json.loads((exp / "state" / "sync.json").read_text())) == {"upload org/x-chunk000",
+                                                                          "upload org/x-chunk003", "upload org/old"}
+    assert "upload org/x-chunk001: FAILED" in capsys.readouterr().out
+    (tmp_path / "chunk_001").mkdir()
+    uploaded.clear()
+    assert run(exp) == 0
+    assert [u["repo"] for u in uploaded] == ["org/x-chunk001"]  # only what failed
+
+
+def test_index_ranges_round_trip():
+    from hpc.jobside.sync import index_ranges, parse_indices
+
+    for indices in ([0], [0, 1, 2, 5], [3, 7, 8, 9, 12], list(range(10_000))):
+        assert parse_indices(index_ranges(indices)) == indices
+    assert index_ranges([9, 0, 1, 2, 4, 10, 11]) == "0-2,4,9-11" and index_ranges(list(range(10_000))) == "0-9999"
+
+
 def test_nothing_deferred(tmp_path, capsys):
     assert run(tmp_path) == 0 and "nothing deferred" in capsys.readouterr().out
 

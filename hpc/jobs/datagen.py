@@ -16,13 +16,12 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
-from hpc import ROOT
+from hpc import ROOT, yamlio
 from hpc.context import Launch, Limits, resolve_context
 from hpc.datagen_config import DatagenConfig, load_config, needs_server
 from hpc.errors import LaunchError
-from hpc.jobside.datagen import task_list
+from hpc.jobside.datagen import task_names
+from hpc.jobside.sync import index_ranges
 from hpc.options import DatagenOptions, LaunchOptions, group_values
 from hpc.pipeline import finish
 from hpc.spec import PORT, PROGRAMS, Array, Cancel, Dependency, Plan, Resources, Server, Stage, Step
@@ -82,8 +81,8 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, lim
 def _engine_files(launch: Launch, config: DatagenConfig, endpoint: str) -> dict[str, tuple[str, str]]:
     """Each stage's --engine-config (path, YAML text; the traces' text is empty when it is the tasks' file)."""
     exp = launch.experiment_dir
-    tasks = yaml.safe_dump(config.with_endpoint(config.engine_config, endpoint), sort_keys=False)
-    traces = yaml.safe_dump(config.with_endpoint(config.trace_engine_config, endpoint), sort_keys=False)
+    tasks = yamlio.dump(config.with_endpoint(config.engine_config, endpoint))
+    traces = yamlio.dump(config.with_endpoint(config.trace_engine_config, endpoint))
     paths = {stage: str(exp / rel) for stage, rel in ENGINE_CONFIG_REL.items()}
     if traces == tasks:
         return {"tasks": (paths["tasks"], tasks), "traces": (paths["tasks"], "")}
@@ -91,15 +90,22 @@ def _engine_files(launch: Launch, config: DatagenConfig, endpoint: str) -> dict[
 
 
 def _deferred_uploads(d: DatagenOptions, tasks_dir: Path, traces_dir: Path, chunks: list[int]) -> list[dict]:
-    """On clusters without internet the generator gets no --target-repo; hpc.sync uploads afterwards."""
+    """On clusters without internet the generator gets no --target-repo; hpc.sync uploads afterwards. The chunks'
+    uploads are one pattern over their indices (hpc/jobside/sync.py), the same size for 10 chunks or 10,000."""
     uploads = []
     if d.enable_task_gen and d.datagen_target_repo:
         uploads.append({"folder": str(tasks_dir), "repo": d.datagen_target_repo, "repo_type": "dataset",
                         "private": True})
-    for i in chunks if d.trace_target_repo else []:
-        uploads.append({"folder": str(traces_dir / f"chunk_{i:03d}"), "repo": f"{d.trace_target_repo}-chunk{i:03d}",
+    if chunks and d.trace_target_repo:
+        uploads.append({"folder": f"{_literal(traces_dir)}/chunk_{{index:03d}}",
+                        "repo": f"{_literal(d.trace_target_repo)}-chunk{{index:03d}}", "indices": index_ranges(chunks),
                         "repo_type": "dataset", "private": True})
     return uploads
+
+
+def _literal(text: object) -> str:
+    """Text as a literal part of a str.format pattern."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 def _num_chunks(d: DatagenOptions, config: DatagenConfig, tasks_dir: Path) -> int:
@@ -112,7 +118,7 @@ def _num_chunks(d: DatagenOptions, config: DatagenConfig, tasks_dir: Path) -> in
                           "(the array size; the generated tasks are split evenly inside the jobs)")
     if config.chunk_size < 1:
         raise LaunchError(f"--chunk_size must be at least 1 (got {config.chunk_size})")
-    n = len(task_list(tasks_dir))
+    n = len(task_names(tasks_dir))
     if n == 0:
         raise LaunchError(f"--trace_input_path {tasks_dir} holds no tasks")
     return math.ceil(n / config.chunk_size)

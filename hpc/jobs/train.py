@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from hpc import ROOT
+from hpc import ROOT, yamlio
 from hpc.context import Launch, Limits
 from hpc.errors import LaunchError
 from hpc.jobs import evaluate
@@ -37,7 +37,7 @@ def load_train_yaml(path_text: str | None) -> tuple[Path, dict]:
         raise LaunchError("--job_type train needs --train_config_path PATH (a LLaMA-Factory YAML)")
     path = Path(path_text).expanduser()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yamlio.load(path.read_text())
     except OSError:
         raise LaunchError(f"train config {path} does not exist or cannot be read; check --train_config_path") from None
     except yaml.YAMLError as exc:
@@ -166,7 +166,7 @@ def train_step(launch: Launch, config_path: Path, yaml_config: dict) -> Step:
     files = {
         ENTRY_REL: ENTRY_SOURCE.read_text(),
         SUMMARY_REL: SUMMARY_SOURCE.read_text(),
-        CONFIG_REL: yaml.safe_dump(config, sort_keys=False),
+        CONFIG_REL: yamlio.dump(config),
         LAUNCH_REL: launch_record(launch, head={"train_config_source": str(config_path.absolute())},
                                   tail={"resources": asdict(resources) | {"nproc_per_node": nproc},
                                         "max_restarts": max_restarts}),

@@ -4,10 +4,15 @@
 
 Reads EXPERIMENT_DIR/configs/deferred.json, written by the launcher:
     {"uploads": [{"folder": DIR, "repo": "org/name", "repo_type": "model", "private": true,
-                  "ignore": ["checkpoint-*"]}],
+                  "ignore": ["checkpoint-*"]},
+                 {"folder": "DIR/chunk_{index:03d}", "repo": "org/name-chunk{index:03d}", "indices": "0-9999",
+                  "repo_type": "dataset", "private": true}],
      "wandb_runs": [{"dir": WANDB_DIR, "run_id": ID}]}
-Finished items are recorded in EXPERIMENT_DIR/state/sync.json, so a second run retries only what
-failed. Self-contained (stdlib; huggingface_hub and the wandb CLI only when there is work for them).
+An upload with "indices" (ranges such as "0-9999" or "0-4,7") stands for one upload per index, its
+{index} filled in folder and repo (str.format), so deferred.json stays small however many chunks
+a launch has. Finished items (each upload of a pattern on its own) are recorded in
+EXPERIMENT_DIR/state/sync.json, so a second run retries only what failed. Self-contained (stdlib;
+huggingface_hub and the wandb CLI only when there is work for them).
 """
 
 from __future__ import annotations
@@ -21,6 +26,37 @@ from pathlib import Path
 
 def log(message: str) -> None:
     print(f"[sync] {message}", flush=True)
+
+
+def index_ranges(indices: list[int]) -> str:
+    """Indices as the "indices" of a pattern: [0, 1, 2, 5] -> "0-2,5"."""
+    parts: list[str] = []
+    ordered = sorted(indices)
+    start = 0
+    for i, index in enumerate(ordered):
+        if i + 1 == len(ordered) or ordered[i + 1] != index + 1:
+            first = ordered[start]
+            parts.append(f"{first}-{index}" if index > first else f"{first}")
+            start = i + 1
+    return ",".join(parts)
+
+
+def parse_indices(text: str) -> list[int]:
+    """The indices of a pattern: "0-2,5" -> [0, 1, 2, 5]."""
+    indices: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        indices.extend(range(int(first), int(last or first) + 1))
+    return indices
+
+
+def expand(item: dict) -> list[dict]:
+    """An upload as recorded: itself, or, with "indices", one upload per index ({index} filled in)."""
+    if "indices" not in item:
+        return [item]
+    rest = {k: v for k, v in item.items() if k != "indices"}
+    return [{**rest, "folder": item["folder"].format(index=i), "repo": item["repo"].format(index=i)}
+            for i in parse_indices(str(item["indices"]))]
 
 
 def upload(item: dict) -> str:
@@ -59,7 +95,7 @@ def run(experiment_dir: Path) -> int:
     state_path = experiment_dir / "state" / "sync.json"
     done = json.loads(state_path.read_text()) if state_path.is_file() else {}
     failures = 0
-    work = [(f"upload {u['repo']}", upload, u) for u in plan.get("uploads", [])]
+    work = [(f"upload {u['repo']}", upload, u) for item in plan.get("uploads", []) for u in expand(item)]
     work += [(f"wandb {w['run_id']}", wandb_sync, w) for w in plan.get("wandb_runs", [])]
     for key, action, item in work:
         if key in done:
