@@ -7,7 +7,6 @@ holds upstream's keys only: a generator that loads it into upstream's schema acc
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import shlex
@@ -61,6 +60,8 @@ _SECRET_FLAG = re.compile(r"--api[-_]key(=|$)")
 
 def unknown_key(key: str, valid: set[str], where: str, prefix: str = "") -> LaunchError:
     """'unknown key' (prefix: its section, e.g. "engine."), with the closest valid key when there is one."""
+    import difflib  # only when refusing
+
     close = difflib.get_close_matches(key, sorted(valid), n=1)
     hint = f"did you mean {prefix + close[0]!r}?" if close else f"valid keys: {', '.join(sorted(valid))}"
     return LaunchError(f"{where}: unknown key {prefix + key!r}; {hint}")

@@ -1,48 +1,86 @@
-"""The job environment: dotenv starter packs (python-dotenv) and the secrets file, which is never read."""
+"""The job environment: dotenv starter packs (python-dotenv) and the secrets file, which is never read.
+
+A dotenv pack's values are written into job scripts, so it must hold no secret: a key that looks like one
+(secret_name), a value that interpolates such a variable from the login shell (`HF=${HF_TOKEN}`), or a value that
+carries one (a URL with a password, a PEM key) is refused with the way out: your own secrets file, which jobs source.
+"""
 
 from __future__ import annotations
 
+import io
 import re
 import stat
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 from hpc import data_dir
 from hpc.errors import LaunchError
+from hpc.readers import read_text
 
 DOTENV_DIR = data_dir("dotenv")
 SECRETS_ENV = "DC_AGENT_SECRET_ENV"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SECRET_LOOKING = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|(API|ACCESS|PRIVATE)_KEY)(_|$)", re.IGNORECASE)
-_LOCATION = re.compile(r".*_(FILE|PATH|DIR|ENV)")  # names a place, not a value: DC_AGENT_SECRET_ENV is fine
+#: Secret-looking names, by their `_`-separated words: any word with SECRET, PASSWORD, PASSWD, PASSPHRASE or
+#: CREDENTIAL in it; a word ending in TOKEN(S) or KEY(S) (HF_TOKEN, API_KEY, SUPABASE_SERVICE_ROLE_KEY, APIKEY);
+#: the words PASS, PAT, CREDS, COOKIE, AUTH, AUTHZ, AUTHORIZATION.
+_SECRET_NAME = re.compile(
+    r"SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL"
+    r"|(TOKEN|KEY)S?(_|$)"
+    r"|(^|_)(PASS|PAT|CREDS|COOKIE|AUTH|AUTHZ|AUTHORIZATION)(_|$)"
+)
+#: Names that only locate something (DC_AGENT_SECRET_ENV, SSH_KEY_PATH, ...). SSH_KEY is the path of the tunnel's
+#: key file (README: "Optional tunnel"), so it is one too; its value must then be a path, not the key.
+_LOCATION = re.compile(r".*_(FILE|FILES|PATH|PATHS|DIR|DIRS|ENV)|SSH_KEY")
+_INTERPOLATION = re.compile(r"\$\{([^}:]*)(?::-[^}]*)?\}")  # python-dotenv's ${NAME} and ${NAME:-default}
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
+_FIX = f"move it to your own secrets file (${SECRETS_ENV}), which jobs source at run time"
+
+
+def secret_name(name: str) -> bool:
+    """Whether a variable name looks like it holds a secret (names that only locate something do not)."""
+    upper = name.upper()
+    return bool(_SECRET_NAME.search(upper)) and not _LOCATION.fullmatch(upper)
 
 
 def resolve_dotenv_path(name: str, profile_source: Path) -> Path:
     """A profile's dotenv: next to a user's own profile first, else in dotenv/ (absolute paths as given)."""
     for path in (profile_source.parent / name, DOTENV_DIR / name):
-        if path.is_file():
+        if path.exists():
             return path.resolve()
     raise LaunchError(f"dotenv file {name!r} not found (looked in {DOTENV_DIR}); create it or fix the profile")
 
 
+def _check_raw(path: Path, key: str | None, raw: str | None, line: int) -> str:
+    """The key of one binding as written (before interpolation), refused when it can bring a secret in."""
+    if key is None:
+        raise LaunchError(f"dotenv file {path}: line {line} is not KEY=VALUE; fix or remove it")
+    if not _IDENTIFIER.fullmatch(key):
+        raise LaunchError(f"dotenv file {path}: {key!r} is not a valid environment variable name")
+    if secret_name(key):
+        raise LaunchError(f"dotenv file {path}: {key} looks like a secret; {_FIX}")
+    if raw is None:
+        raise LaunchError(f"dotenv file {path}: {key} has no value; write {key}=VALUE")
+    for name in _INTERPOLATION.findall(raw):
+        if secret_name(name):
+            raise LaunchError(f"dotenv file {path}: {key} interpolates ${{{name}}}, which looks like a secret: its "
+                              f"value would be written into job scripts; jobs get secrets by sourcing your own secrets "
+                              f"file (${SECRETS_ENV}), so drop the reference")
+    if _URL_PASSWORD.search(raw) or "-----BEGIN" in raw:
+        raise LaunchError(f"dotenv file {path}: the value of {key} holds a password or key; {_FIX}")
+    return key
+
+
 def read_dotenv(path: Path) -> dict[str, str]:
     """Read a starter pack with python-dotenv; ${VAR} and ${VAR:-default} see the login environment."""
-    values = dotenv_values(path, interpolate=True)
-    result: dict[str, str] = {}
-    for key, value in values.items():
-        if not _IDENTIFIER.fullmatch(key):
-            raise LaunchError(f"{path}: {key!r} is not a valid environment variable name")
-        if _SECRET_LOOKING.search(key) and not _LOCATION.fullmatch(key):
-            raise LaunchError(
-                f"{path}: {key} looks like a secret; move it to your own secrets file (${SECRETS_ENV}), "
-                "which jobs source at run time"
-            )
-        if value is None:
-            raise LaunchError(f"{path}: {key} has no value; write {key}=VALUE")
-        result[key] = value
-    return result
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
+    text = read_text(path, "dotenv file", "pass --dotenv FILE or fix the profile's dotenv")
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.key is not None or binding.error:
+            _check_raw(path, binding.key, binding.value, binding.original.line)
+    values = dotenv_values(stream=io.StringIO(text), interpolate=True)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def check_secrets_file(path_text: str) -> Path:

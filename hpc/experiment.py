@@ -18,7 +18,7 @@ def check_target(target: Path) -> None:
     """An experiment directory may replace only one left by an earlier dry run."""
     if target.exists():
         old = manifests.read(target) if (target / manifests.FILE).exists() else None
-        if old is None or old.submitted:
+        if old is None or not old.dry_run or old.submitted:
             raise LaunchError(f"experiment directory {target} already exists; choose another --job_name")
 
 
@@ -29,8 +29,12 @@ def write_experiment(plan: Plan, materialized: Materialized, manifest: Manifest)
     """
     target = plan.experiment_dir
     check_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise LaunchError(f"cannot create the experiment directory in {target.parent} ({exc.strerror}); choose "
+                          "another --experiments_dir") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -45,9 +49,35 @@ def write_experiment(plan: Plan, materialized: Materialized, manifest: Manifest)
             path.symlink_to(link_target)
         (staging / "logs").mkdir()
         manifest.write(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        _claim(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise LaunchError(f"cannot write the experiment directory {target} ({exc.strerror}); free space or choose "
+                          "another --experiments_dir") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _claim(staging: Path, target: Path) -> None:
+    """Rename the built directory into place under a lock on its name, so that of two launches with the same
+    name exactly one wins. A dry run's directory is moved aside first (and removed after)."""
+    import fcntl
+
+    lock_path = target.with_name(f".{target.name}.lock")
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LaunchError(f"experiment directory {target} is being created by another launch; choose another "
+                              "--job_name") from None
+        try:
+            check_target(target)
+            old = target.with_name(f".{target.name}.replaced-{os.getpid()}") if target.exists() else None
+            if old is not None:
+                os.rename(target, old)
+            os.rename(staging, target)
+        finally:
+            lock_path.unlink(missing_ok=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

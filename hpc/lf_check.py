@@ -17,7 +17,7 @@ import importlib.util
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,12 +51,19 @@ class _Scope:
     aliases: dict[str, str] = field(default_factory=dict)
 
 
-def _locate(module: str) -> tuple[Path, bool]:
-    """The source file of a module and whether it is a package, found without importing anything."""
-    top, *rest = module.split(".")
+def _package(top: str) -> importlib.machinery.ModuleSpec:
+    """The spec of a top-level package, found without importing it."""
     spec = importlib.util.find_spec(top)
     if spec is None:
         raise _SchemaError(f"{top} is not installed")
+    return spec
+
+
+def _locate(module: str, package: importlib.machinery.ModuleSpec | None = None) -> tuple[Path, bool]:
+    """The source file of a module and whether it is a package, found without importing anything (`package`: the
+    spec of its top-level package, when known)."""
+    top, *rest = module.split(".")
+    spec = package or _package(top)
     if not rest:
         if spec.origin is None or not spec.origin.endswith(".py"):
             raise _SchemaError(f"{top} has no Python source")
@@ -246,23 +253,29 @@ def _checker() -> dict[str, object]:
     return {"python": sys.implementation.cache_tag, "checker": _file_stamp(Path(__file__))}
 
 
-def _cached(entry: object) -> dict[str, tuple[Kind, ...]] | None:
-    """The kinds in a cache entry, if it was computed from the sources as they are now."""
+def _cached(entry: object) -> dict[str, list[object]] | None:
+    """The kinds in a cache entry (as stored: choices as lists), if it was computed from the sources as they are now."""
     if not isinstance(entry, dict):
         return None
     try:
-        if {k: entry[k] for k in ("python", "checker")} != _checker() or entry["files"] != {
-                module: _file_stamp(_locate(module)[0]) for module in entry["files"]}:
+        files: dict[str, list[object]] = entry["files"]
+        packages = {top: _package(top) for top in {module.partition(".")[0] for module in files}}
+        if {k: entry[k] for k in ("python", "checker")} != _checker() or files != {
+                module: _file_stamp(_locate(module, packages[module.partition(".")[0]])[0]) for module in files}:
             return None
-        return {name: tuple(tuple(k) if isinstance(k, list) else k for k in kinds)
-                for name, kinds in entry["fields"].items()}
+        return entry["fields"]
     except Exception:  # a module that moved or vanished, an entry of another shape: computed again
         return None
 
 
-def _field_kinds() -> dict[str, tuple[Kind, ...]] | str:
-    """What every train key accepts (see _kinds), or why LLaMA-Factory's sources could not be read; from the cache
-    when its entry is current, else read from the sources and stored."""
+def _as_kinds(stored: Iterable[object]) -> tuple[Kind, ...]:
+    """A key's kinds as _kinds gives them, from those of _field_kinds (which may come from the cache)."""
+    return tuple(tuple(k) if isinstance(k, list) else k for k in stored)
+
+
+def _field_kinds() -> Mapping[str, Iterable[object]] | str:
+    """What every train key accepts (see _kinds; _as_kinds reads it), or why LLaMA-Factory's sources could not be
+    read; from the cache when its entry is current, else read from the sources and stored."""
     folder = cache.directory("lf_check")
     path = folder / CACHE_FILE if folder else None
     kinds = _cached(cache.read_json(path)) if path else None
@@ -322,7 +335,7 @@ def check_train_config(config: Mapping[str, object], source: str) -> str | None:
             close = difflib.get_close_matches(name, kinds, n=1)
             fix = f"did you mean {close[0]!r}?" if close else "remove it or fix its spelling"
             raise LaunchError(f"train config {source}: unknown key {name!r} (not a {_lf_name()} train argument); {fix}")
-        members = kinds[name]
+        members = _as_kinds(kinds[name])
         if value is not None and not any(_accepts(kind, value) for kind in members):
             raise LaunchError(f"train config {source}: {_type_error(name, value, members)}")
     return None

@@ -14,9 +14,12 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+import yaml
+
 from hpc import yamlio
 from hpc.errors import LaunchError
 from hpc.prefetch import REPO_ID
+from hpc.readers import read_json
 
 #: The fork's top-level format keys -> where a dataset_info.json entry keeps them.
 FORMAT_KEYS = {
@@ -55,15 +58,20 @@ def _local_info(config: Mapping[str, object], workdir: Path) -> tuple[Path | Non
     if dataset_dir == "ONLINE":
         return None, {}
     path = (workdir / dataset_dir / "dataset_info.json").resolve()
-    if not path.is_file():
+    if not path.exists():
         return path.parent, {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise LaunchError(f"cannot read {path} ({exc}); LLaMA-Factory needs it to find the datasets") from None
-    if not isinstance(info, dict) or not all(isinstance(v, dict) for v in info.values()):
-        raise LaunchError(f"{path} must map dataset names to entries (a JSON object of objects); fix the file")
-    return path.parent, info
+    return path.parent, read_dataset_info(path)
+
+
+def read_dataset_info(path: Path) -> dict[str, dict]:
+    """A dataset_info.json: dataset names -> entries; LaunchError (one line) for anything else."""
+    info = read_json(path, "dataset_info.json", "LLaMA-Factory needs it to find the datasets; fix it",
+                     shape="a JSON object mapping dataset names to entries")
+    bad = next((name for name, entry in info.items() if not isinstance(entry, dict)), None)
+    if bad is not None:
+        raise LaunchError(f"dataset_info.json {path}: the entry of {bad!r} must be a JSON object such as "
+                          '{"file_name": "data.json"}; fix the file')
+    return info
 
 
 def resolve_datasets(config: dict[str, object], workdir: Path, experiment_dir: Path) -> str | None:
@@ -108,6 +116,10 @@ def parse_extra_args(text: str | None) -> dict[str, object]:
             value, i = (words[i + 1], i + 1) if has_value else ("true", i)
         elif not eq:
             raise LaunchError(f"--train_extra_args: {word!r} is not KEY=VALUE or --KEY VALUE")
-        result[key.replace("-", "_")] = yamlio.load(value) if value else ""
+        try:
+            result[key.replace("-", "_")] = yamlio.load(value) if value else ""
+        except yaml.YAMLError as exc:
+            raise LaunchError(f"--train_extra_args: the value of {key} is not valid YAML ({yamlio.describe(exc)}); "
+                              "quote it so that it reads as one YAML value") from None
         i += 1
     return result

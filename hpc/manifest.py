@@ -24,6 +24,7 @@ class State(str, Enum):
     """One job's state, whatever the backend."""
 
     PLANNED = "PLANNED"  # written, not submitted (a dry run, or a job after a refused one)
+    SUBMITTING = "SUBMITTING"  # about to be submitted: recorded before the backend is asked
     SUBMIT_FAILED = "SUBMIT_FAILED"  # the backend refused it
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -38,7 +39,7 @@ class State(str, Enum):
 
     @property
     def done(self) -> bool:
-        return self not in (State.PLANNED, State.PENDING, State.RUNNING, State.UNKNOWN)
+        return self not in (State.PLANNED, State.SUBMITTING, State.PENDING, State.RUNNING, State.UNKNOWN)
 
     def __str__(self) -> str:
         return self.value
@@ -92,6 +93,7 @@ class Manifest:
     created_at: str
     jobs: list[JobRecord] = field(default_factory=list)
     attempts: int = 1  # hpc-launch retry adds one
+    token: str | None = None  # tags this launch's submissions, so that even an unrecorded one can be found
     schema: int = SCHEMA
 
     @property
@@ -135,6 +137,11 @@ def write_atomic(path: Path, text: str) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
 
 
 _JOB_FIELDS = {f.name for f in fields(JobRecord)}

@@ -2,9 +2,10 @@
 
 Groups are dataclasses (common, resources, one per job type) that only declare fields; LaunchOptions is all of
 them. None means "not given": the config file, the profile or a built-in default decides.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: every start of the CLI reads these annotations (launch.parser), and
+evaluated ones are read without compiling each one.
+"""
 
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -268,10 +269,15 @@ GROUPS: tuple[type, ...] = (CommonOptions, ResourceOptions, PathOptions, TrainOp
                             DatagenOptions, EvalOptions)
 
 
-@dataclass
+@dataclass(repr=False)
 class LaunchOptions(EvalOptions, DatagenOptions, ConsolidateOptions, TrainOptions, PathOptions, ResourceOptions,
                     CommonOptions):
     """Every launch option (the CLI's flags, or the Python API's keywords)."""
+
+    def __repr__(self) -> str:
+        """Only the options that differ from their defaults: all of them would hide those."""
+        given = (f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if getattr(self, f.name) != f.default)
+        return f"LaunchOptions({', '.join(given)})"
 
 
 def group_values(opts: LaunchOptions, group: type) -> dict[str, Any]:

@@ -109,12 +109,11 @@ def _dataset_info(config: Mapping[str, object], workdir: Path) -> tuple[Path | N
     if dataset_dir == "ONLINE":
         return None, {}
     path = (workdir / dataset_dir / "dataset_info.json").resolve()
-    try:
-        return path.parent, json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return path.parent, None
-    except (OSError, ValueError) as exc:
-        raise LaunchError(f"cannot read {path} ({exc}); LLaMA-Factory needs it to find the datasets") from None
+    from hpc.lf_data import read_dataset_info  # lf_data imports this module
+
+    return path.parent, read_dataset_info(path)
 
 
 def _names(value: object) -> list[str]:

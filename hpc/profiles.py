@@ -11,10 +11,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from hpc import data_dir, yamlio
+from hpc import data_dir
 from hpc.errors import LaunchError
+from hpc.readers import read_yaml
 from hpc.timefmt import parse_time
 
 #: Directory of the profiles shipped with hpc-launch.
@@ -139,7 +138,7 @@ def parse_profile(data: object, source: Path) -> ClusterProfile:
     where = str(source)
     if not isinstance(data, dict):
         raise LaunchError(f"{where}: a cluster profile must be a YAML mapping of keys to values")
-    unknown = sorted(set(data) - set(_FIELDS))
+    unknown = sorted(str(key) for key in data if key not in _FIELDS)
     if unknown:
         raise LaunchError(
             f"{where}: unknown key {unknown[0]!r}; valid keys are {', '.join(_FIELDS)}"
@@ -282,10 +281,7 @@ def profile_files(environ: typing.Mapping[str, str] = os.environ) -> dict[str, P
 
 
 def load_profile(path: Path) -> ClusterProfile:
-    try:
-        data = yamlio.load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise LaunchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "cluster profile", f"fix it or remove it from ${PATH_ENV}", expect=None)
     return parse_profile(data, path)
 
 

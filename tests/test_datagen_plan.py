@@ -57,7 +57,9 @@ def test_server_tasks_array_and_cleanup(setup, user_profiles):
     assert '--target-repo org/traces"-chunk${chunk_id}"' in traces_script
     assert "--num-chunks 5" in traces_script and "%x_%A_%a.out" in traces_script
     assert '--tasks-input "$chunk_dir"' in traces_script and '--endpoint-json' in traces_script
-    assert "scancel --name dg_server --me" in script(plan, "cleanup")
+    cleanup = script(plan, "cleanup")
+    assert '"$HPC_EXPERIMENT_DIR/manifest.json" server)' in cleanup and "scancel $ids" in cleanup
+    assert "--name" not in cleanup  # by job id, never by name (other launches share names)
     assert '--port "$port"' in script(plan, "server")
     for job in plan.jobs:
         assert subprocess.run(["bash", "-n"], input=script(plan, job.key), text=True).returncode == 0, job.key

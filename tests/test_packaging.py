@@ -53,7 +53,8 @@ def test_wheel_carries_profiles_templates_and_dotenv_packs(installed):
                   "print(len(list((p / 'cluster_profiles').glob('*.yaml'))), len(list((p / 'dotenv').glob('*.env'))), "
                   "len(list((p / 'backends/slurm/templates').glob('*.j2'))), (p / 'registry_schema.sql').is_file(), "
                   "'site-packages' in str(p))"], cwd="/")
-    assert probe.stdout.split() == [str(len(PROFILES)), str(len(PROFILES)), "5", "True", "True"], probe
+    templates = len(list((ROOT / "hpc" / "backends" / "slurm" / "templates").glob("*.j2")))
+    assert probe.stdout.split() == [str(len(PROFILES)), str(len(PROFILES)), str(templates), "True", "True"], probe
 
 
 @pytest.mark.parametrize("cluster", PROFILES)

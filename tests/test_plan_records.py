@@ -74,7 +74,7 @@ def test_a_launched_experiment_is_never_overwritten(tmp_path):
 def test_a_failed_write_leaves_nothing(tmp_path):
     bad = _plan(tmp_path)
     bad.files["configs"] = "a file where a directory must go"
-    with pytest.raises(OSError):
+    with pytest.raises(LaunchError, match="cannot write the experiment directory"):
         _write(bad, dry_run=True)
     assert list((tmp_path / "exps").iterdir()) == []
 

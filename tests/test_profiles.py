@@ -78,7 +78,7 @@ def test_bad_values_are_refused(tmp_path, changes, expected):
 def test_not_yaml_is_one_clear_error(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: [unclosed\n")
-    with pytest.raises(LaunchError, match=r"broken\.yaml: not valid YAML"):
+    with pytest.raises(LaunchError, match=r"broken\.yaml is not valid YAML"):
         load_profile(path)
 
 

@@ -71,3 +71,11 @@ def test_reasons_task_counts_and_failed_tasks():
 def test_ranges_and_indices_round_trip():
     assert ranges([9, 0, 1, 2, 4, 10, 11]) == "0-2,4,9-11"
     assert array_indices("0-2,4,9-11%3") == [0, 1, 2, 4, 9, 10, 11]
+
+
+def test_the_launch_token_finds_jobs_whose_answer_was_lost():
+    from hpc.backends.slurm.commands import tagged
+
+    out = "11|hpc-launch:ab12:train\n12_[0-3%2]|hpc-launch:ab12:traces\n13|hpc-launch:ffff:train\n14|\n"
+    assert tagged(out, "hpc-launch:ab12") == ["11", "12"]
+    assert sbatch_argv(Path("/e/x.sbatch"), comment="hpc-launch:ab12:train")[2] == "--comment=hpc-launch:ab12:train"

@@ -10,8 +10,6 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
 from hpc import ROOT, yamlio
 from hpc.context import Launch, Limits
 from hpc.errors import LaunchError
@@ -21,6 +19,7 @@ from hpc.lf_data import INFO_REL, parse_extra_args, resolve_datasets
 from hpc.options import LaunchOptions
 from hpc.pipeline import LAUNCH_REL, finish, launch_record
 from hpc.prefetch import Fetcher, cache_dir, localize
+from hpc.readers import read_yaml
 from hpc.spec import PROGRAMS, Plan, Step, Train
 from hpc.timefmt import parse_time
 
@@ -36,14 +35,11 @@ def load_train_yaml(path_text: str | None) -> tuple[Path, dict]:
     if not path_text:
         raise LaunchError("--job_type train needs --train_config_path PATH (a LLaMA-Factory YAML)")
     path = Path(path_text).expanduser()
-    try:
-        data = yamlio.load(path.read_text())
-    except OSError:
-        raise LaunchError(f"train config {path} does not exist or cannot be read; check --train_config_path") from None
-    except yaml.YAMLError as exc:
-        raise LaunchError(f"train config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise LaunchError(f"train config {path} must be a YAML mapping of LLaMA-Factory keys")
+    data = read_yaml(path, "train config", "check --train_config_path", shape="a YAML mapping of LLaMA-Factory keys")
+    bad = next((key for key in data if not isinstance(key, str)), None)
+    if bad is not None:
+        raise LaunchError(f"train config {path}: key {bad!r} is not a name; LLaMA-Factory keys are names such as "
+                          "learning_rate")
     return path, data
 
 
@@ -64,7 +60,14 @@ def apply_global_batch_size(config: dict[str, object], global_batch_size: int | 
         return
     if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int):
         raise LaunchError(f"global_batch_size must be a whole number, not {global_batch_size!r}; fix the YAML")
-    per_device = int(config.get("per_device_train_batch_size", 1))  # type: ignore[arg-type]
+    raw = config.get("per_device_train_batch_size", 1)
+    try:
+        per_device = int(raw) if not isinstance(raw, (bool, float)) else 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        per_device = 0
+    if per_device < 1:
+        raise LaunchError(f"per_device_train_batch_size {raw!r} is not a whole number of at least 1; fix the YAML or "
+                          "--per_device_train_batch_size")
     per_step = per_device * world_size
     if global_batch_size < 1 or global_batch_size % per_step:
         raise LaunchError(

@@ -3,6 +3,7 @@ at most one squeue) per status query, scancel. The only place that runs SLURM co
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -20,7 +21,12 @@ from hpc.manifest import JobRecord, Manifest, State
 from hpc.spec import PROGRAMS, Dependency, Plan
 
 
-def run(argv: list[str], timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+#: Seconds any SLURM command may take before the launcher gives up on it.
+TIMEOUT = float(os.environ.get("HPC_LAUNCH_SLURM_TIMEOUT", "60"))
+
+
+def run(argv: list[str], timeout: float | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    timeout = TIMEOUT if timeout is None else timeout
     try:
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
                               env=cmd.submit_env())
@@ -79,35 +85,10 @@ class Backend:
                 raise LaunchError(f"sbatch --test-only refused job {job.key!r}: {reason}")
 
     def submit(self, plan: Plan, materialized: Materialized, manifest: Manifest) -> None:
-        """One `sbatch --parsable` per job, in order; if SLURM refuses one, the jobs already submitted are
-        cancelled and the manifest says which."""
-        job_ids: dict[str, str] = {}
-        for job in plan.jobs:
-            record = manifest.job(job.key)
-            argv = cmd.sbatch_argv(plan.experiment_dir / materialized.scripts[job.key], job.dependencies, job_ids,
-                                   materialized.arrays.get(job.key))
-            proc = run(argv)
-            if proc.returncode != 0:
-                record.state, record.submit_argv = State.SUBMIT_FAILED, argv
-                record.error = cmd.slurm_message(proc.stdout, proc.stderr, proc.returncode)
-                undone = self._roll_back(manifest, list(job_ids), job.key)
-                manifest.write()
-                raise SlurmError(f"sbatch refused job {job.key!r}: {record.error}{undone}")
-            job_ids[job.key] = proc.stdout.strip().split(";")[0]
-            record.submitted(job_ids[job.key], argv)
-            manifest.write()
+        """One `sbatch --parsable` per job, in order, as one transaction (see hpc/backends/slurm/submit.py)."""
+        from hpc.backends.slurm.submit import submit
 
-    def _roll_back(self, manifest: Manifest, keys: list[str], refused: str) -> str:
-        if not keys:
-            return ""
-        alive = self.cancel([manifest.job(k) for k in keys])
-        for key in keys:
-            record = manifest.job(key)
-            if record.job_id not in alive:
-                record.state, record.reason = State.CANCELLED, f"cancelled by the launcher: {refused} was refused"
-        if alive:
-            return f"; job(s) {', '.join(alive)} already submitted could not be cancelled: scancel {' '.join(alive)}"
-        return f"; cancelled the {len(keys)} job(s) already submitted"
+        submit(plan, materialized, manifest, run, self.cancel)
 
     def resubmit(self, experiment_dir: Path, manifest: Manifest, keys: Sequence[str],
                  tasks: dict[str, list[int]]) -> None:

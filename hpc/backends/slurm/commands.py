@@ -62,10 +62,24 @@ def array_spec(array: Array) -> str:
 
 
 def sbatch_argv(script: Path, deps: Iterable[Dependency] = (), job_ids: Mapping[str, str] = {},
-                array: str | None = None) -> list[str]:
+                array: str | None = None, comment: str | None = None) -> list[str]:
+    """`sbatch --parsable ...`; comment tags the job (the launch's token), so a submission whose answer was lost
+    can still be found (squeue_tagged_argv) and cancelled."""
     option = dependency_option(deps, job_ids)
     return ["sbatch", "--parsable", *([f"--array={array}"] if array else []), *([option] if option else []),
-            str(script)]
+            *([f"--comment={comment}"] if comment else []), str(script)]
+
+
+def squeue_tagged_argv() -> list[str]:
+    """This user's queued jobs with their comments (job id|comment)."""
+    return ["squeue", "-h", "--me", "-o", "%i|%k"]
+
+
+def tagged(squeue_output: str, token: str) -> list[str]:
+    """Job ids whose comment carries the launch's token (array tasks reduced to their job id)."""
+    ids = [line.split("|", 1)[0].split("_")[0] for line in squeue_output.splitlines()
+           if "|" in line and line.split("|", 1)[1].startswith(token)]
+    return list(dict.fromkeys(ids))
 
 
 def validate_argv(array: str | None = None) -> list[str]:

@@ -24,7 +24,7 @@ from hpc.spec import PORT, Cancel, Command, Job, Plan, Server, Stage, Train
 
 TEMPLATES_ENV = "HPC_LAUNCH_TEMPLATES"
 #: Which template renders which kind of job body.
-TEMPLATES = {Command: "command.sbatch.j2", Cancel: "command.sbatch.j2", Train: "train.sbatch.j2",
+TEMPLATES = {Command: "command.sbatch.j2", Cancel: "cancel.sbatch.j2", Train: "train.sbatch.j2",
              Server: "server.sbatch.j2", Stage: "datagen.sbatch.j2"}
 
 # What an #SBATCH value may hold: sbatch reads these lines itself (no shell), splitting at spaces and taking
@@ -135,9 +135,6 @@ def _gpu_request(gpus: int, how: str) -> str | None:
 
 def _body_context(job: Job, plan: Plan) -> dict[str, Any]:
     body = job.body
-    if isinstance(body, Cancel):
-        names = [plan.job(key).name for key in body.keys]
-        return {"command": ["scancel", *(arg for name in names for arg in ("--name", name)), "--me"], "make_dirs": []}
     values = {f.name: getattr(body, f.name) for f in fields(body)}
     if isinstance(body, Server):
         values["command_words"] = shell_words(values.pop("command"))
