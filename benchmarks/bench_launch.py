@@ -1,6 +1,6 @@
 """What a launch costs on a login node, measured side by side with references in one run.
 
-Every figure is a whole process (`python -m hpc.launch ...`, as users run it), measured in rounds: each round runs
+Every figure is a whole process (the CLI started as the `hpc-launch` console script starts it), measured in rounds: each round runs
 every case once, in an order that rotates from round to round, so all cases see the same load. Printed are the
 medians of wall time, CPU time (user + system, including the SLURM commands a process runs) and peak RSS, and ratios
 to the reference each target names. The targets are printed, never asserted: timing depends on the machine.
@@ -40,6 +40,8 @@ from hpc import __version__  # noqa: E402
 
 TRAIN_YAML = ROOT / "examples" / "train" / "tiny_sft.yaml"
 GENERATOR = ROOT / "examples" / "datagen" / "generate.py"
+#: How the `hpc-launch` console script starts the CLI (run from ROOT, so this checkout's package is the one imported).
+CLI = ["-c", "import sys; from hpc.launch import main; sys.exit(main())"]
 SUBMITIT_MAP = """
 import sys
 import submitit
@@ -142,8 +144,7 @@ def main() -> None:
     exp = tmp / "experiments"
     sizes: dict[int, int] = {}
     try:
-        launch = [py, "-m", "hpc.launch", "--cluster", "local", "--dry_run", "--no-validate", "--experiments_dir",
-                  str(exp)]
+        launch = [py, *CLI, "--cluster", "local", "--dry_run", "--no-validate", "--experiments_dir", str(exp)]
         train = [*launch, "--train_config_path", str(TRAIN_YAML)]
         tasks = {n: task_dirs(tmp / f"tasks_{n}", n) for n in (10, 1_000, 10_000)}
 
@@ -160,10 +161,10 @@ def main() -> None:
             return after
 
         base = Case("python -c 'import jinja2, yaml'", lambda run: [py, "-c", "import jinja2, yaml"])
-        help_ = Case("hpc-launch --help", lambda run: [py, "-m", "hpc.launch", "--help"])
+        help_ = Case("hpc-launch --help", lambda run: [py, *CLI, "--help"])
         dry = Case("train dry run", lambda run: [*train, "--job_name", f"train_{run}"])
         login = Case("train dry run, cluster detected and validated", lambda run: [
-            py, "-m", "hpc.launch", "--dry_run", "--experiments_dir", str(exp), "--train_config_path", str(TRAIN_YAML),
+            py, *CLI, "--dry_run", "--experiments_dir", str(exp), "--train_config_path", str(TRAIN_YAML),
             "--job_name", f"login_{run}"])
         dg = {n: Case(f"datagen dry run, {n:,} chunks", datagen(n), record_size(n)) for n in tasks}
         submitit_import = Case("import submitit (bench venv)", lambda run: [bench_python, "-c", "import submitit"])
@@ -222,7 +223,7 @@ def submit(rounds: int, bench_python: str, tasks: Path, env: dict[str, str], tmp
         written["submitit"].append(tree_bytes(tmp / f"submitit_{run}"))
 
     hpc = Case("hpc-launch datagen, 1,000 chunks (submit)", lambda run: [
-        bench_python, "-m", "hpc.launch", "--cluster", "local", "--job_type", "datagen", "--datagen_engine", "none",
+        bench_python, *CLI, "--cluster", "local", "--job_type", "datagen", "--datagen_engine", "none",
         "--trace_script", str(GENERATOR), "--no-enable_task_gen", "--enable_trace_gen", "--trace_input_path",
         str(tasks), "--chunk_size", "1", "--trace_target_repo", "org/bench", "--partition", "cpu", "--no-validate",
         "--dependency", f"afterok:{blocker}", "--experiments_dir", str(exp), "--job_name", f"submit_{run}"], hpc_after)
