@@ -17,18 +17,10 @@ import yaml
 
 from hpc import ROOT
 
-from helpers import TINY_YAML, log_text, manifest, run_cli, train_output
+from helpers import TINY_YAML, log_text, manifest, run_cli, train_output, wait_for
 
 pytestmark = pytest.mark.slurm
 EVAL_DATA = str(ROOT / "build" / "tiny" / "data" / "tiny_eval.json")
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(1)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -14,20 +13,12 @@ import pytest
 
 from hpc import ROOT
 
-from helpers import TINY_YAML, log_text, manifest, run_cli, train_output
+from helpers import TINY_YAML, log_text, manifest, run_cli, train_output, wait_for
 
 pytestmark = pytest.mark.slurm
 
 ZERO3_YAML = ROOT / "examples" / "train" / "tiny_sft_zero3.yaml"
 EVAL_DATA = "build/tiny/data/tiny_eval.json"
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def jobs_by_key(exp: Path) -> dict[str, dict]:
