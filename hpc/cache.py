@@ -18,7 +18,8 @@ def directory(part: str) -> Path | None:
     The directory holding the cache root (the home directory, or $XDG_CACHE_HOME's parent) must exist already:
     the cache never creates a home directory."""
     try:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()) / "hpc-launch"
+        xdg = os.environ.get("XDG_CACHE_HOME", "")  # a relative one counts as unset (XDG Base Directory spec)
+        root = (Path(xdg) if os.path.isabs(xdg) else Path("~/.cache").expanduser()) / "hpc-launch"
         path = root / part
         if not root.parent.parent.is_dir():
             return None

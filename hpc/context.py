@@ -14,7 +14,8 @@ from hpc.envfiles import SECRETS_ENV, check_secrets_file, read_dotenv, resolve_d
 from hpc.errors import LaunchError
 from hpc.options import LaunchOptions, PathOptions
 from hpc.profiles import ClusterProfile, detect_profile, get_profile
-from hpc.spec import Array, Body, Dependency, Job, Prelude, Resources, Tunnel, check_job_name, parse_dependency
+from hpc.spec import (LONGEST_SUFFIX, MAX_JOB_NAME, Array, Body, Dependency, Job, Prelude, Resources, Tunnel,
+                      check_job_name, parse_dependency)
 from hpc.timefmt import format_time, parse_time
 
 #: Networks that never go through the tunnel (cluster-internal traffic), unless the profile says otherwise.
@@ -51,15 +52,61 @@ def resolve_context(opts: LaunchOptions, environ: Mapping[str, str] = os.environ
     secrets_path = check_secrets_file(secrets) if secrets else None
     if secrets_path:
         env[SECRETS_ENV] = str(secrets_path)
-    experiments = opts.experiments_dir or env.get("EXPERIMENTS_DIR") or "experiments"
+    experiments = Path(opts.experiments_dir or env.get("EXPERIMENTS_DIR") or "experiments").expanduser().absolute()
+    check_experiments_dir(experiments)
     return Context(
         profile=profile,
         env=env,
         secrets_path=secrets_path,
-        experiments_dir=Path(experiments).expanduser().absolute(),
+        experiments_dir=experiments,
         workdir=Path.cwd(),
         tunnel=_tunnel(profile) if opts.tunnel else None,
     )
+
+
+def check_experiments_dir(path: Path) -> None:
+    """Refuse, in one line, an experiments directory that cannot take a new experiment: a file on its way, a pseudo
+    filesystem (/proc, /sys), no write access (probed with a directory created and removed) or no free space. Called
+    before anything is fetched, written or submitted; leaves nothing behind."""
+    import tempfile
+
+    fix = "pass --experiments_dir DIR (default: EXPERIMENTS_DIR from the dotenv, else ./experiments)"
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LaunchError(f"experiments dir {path}: {existing} is {'a file' if existing.exists() else 'a broken link'}, "
+                          f"not a directory; {fix}")
+    pseudo = _pseudo_filesystem(existing.resolve())
+    if pseudo:
+        raise LaunchError(f"experiments dir {path} is on a {pseudo} pseudo filesystem, which holds no files; {fix}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hpc-launch-probe-", dir=existing))
+        space = os.statvfs(existing)
+    except OSError as exc:
+        raise LaunchError(f"experiments dir {path}: cannot create anything in {existing} ({exc.strerror}); {fix}") from None
+    if space.f_bavail * space.f_frsize < 1 << 20:
+        raise LaunchError(f"experiments dir {path}: the filesystem of {existing} is full; free space or {fix}")
+
+
+_PSEUDO = {"proc", "sysfs", "cgroup", "cgroup2", "devtmpfs", "devpts", "debugfs", "tracefs", "securityfs", "pstore",
+           "bpf", "configfs", "efivarfs", "mqueue", "hugetlbfs", "binfmt_misc", "fusectl", "autofs"}
+
+
+def _pseudo_filesystem(path: Path) -> str | None:
+    """The type of the pseudo filesystem `path` is on (Linux's /proc/self/mounts), else None."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    for line in mounts:
+        fields = line.split()
+        point = fields[1].replace("\\040", " ") if len(fields) > 2 else ""
+        inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind if kind in _PSEUDO else None
 
 
 def _tunnel(profile: ClusterProfile) -> Tunnel:
@@ -208,6 +255,11 @@ class Launch:
         env = {**self.ctx.env, "HPC_EXPERIMENT_DIR": str(self.experiment_dir), **extra_env}
         prelude = Prelude(env=env, secrets_path=self.ctx.secrets_path, offline=offline, tunnel=self.ctx.tunnel,
                           workdir=self.ctx.workdir)
-        return Job(key=key, job_type=job_type or key, name=check_job_name(name or f"{self.job_name}_{key}"),
+        full = name or f"{self.job_name}_{key}"
+        if len(full) > MAX_JOB_NAME and full != self.job_name:
+            raise LaunchError(f"--job_name {self.job_name!r} is too long for this launch: its {key} job would be named "
+                              f"{full!r} ({len(full)} characters, at most {MAX_JOB_NAME}); pass a --job_name of at "
+                              f"most {MAX_JOB_NAME - LONGEST_SUFFIX} characters")
+        return Job(key=key, job_type=job_type or key, name=check_job_name(full),
                    resources=resources, prelude=prelude, body=body, dependencies=dependencies, array=array,
                    requeue=requeue)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hpc import ROOT, yamlio
+from hpc import ROOT
 from hpc.context import Context
-from hpc.datagen_schema import TOP, VLLM_LOCAL, normalize, unknown_key, vllm_serve
+from hpc.datagen_schema import TOP, VLLM_LOCAL, check_ours, normalize, unknown_key, vllm_serve
 from hpc.errors import LaunchError
 from hpc.options import DatagenOptions
 from hpc.profiles import profile_dirs
+from hpc.readers import read_yaml
 from hpc.timefmt import format_time, parse_time
 
 CONFIG_DIRS = (ROOT / "examples" / "datagen",)
@@ -92,7 +94,7 @@ class DatagenConfig:
 def resolve_config_path(name: str) -> Path:
     """A path as given, else NAME(.yaml) in the user's profile directories or examples/datagen/."""
     path = Path(name).expanduser()
-    if path.is_file():
+    if path.exists():
         return path
     for directory in (*profile_dirs()[:-1], *CONFIG_DIRS):
         for candidate in (directory / name, directory / f"{name}.yaml"):
@@ -109,18 +111,13 @@ def _read(d: DatagenOptions, environ: Mapping[str, str]) -> tuple[dict[str, Any]
                               "--datagen_engine TYPE")
         return {}, "--datagen_engine"
     path = resolve_config_path(name)
-    try:
-        raw = yamlio.load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise LaunchError(f"datagen config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise LaunchError(f"{path}: a datagen config must be a YAML mapping")
-    return raw, str(path)
+    return read_yaml(path, "datagen config", "check --datagen_config", empty={}), str(path)
 
 
 def _parse(raw: dict[str, Any], where: str, d: DatagenOptions) -> tuple[dict[str, Any], dict[str, Any], dict]:
     """(upstream-format config, our extras, our server section) of either format."""
-    extras = {k: raw[k] for k in _EXTRAS if k in raw}
+    extras = {k: raw[k] for k in _EXTRAS if raw.get(k) is not None}  # null: not given
+    check_ours(extras, where)
     if isinstance(raw.get("engine"), dict):  # upstream's format
         for ours, instead in (("model", "engine.model"), ("server", "vllm_server")):
             if ours in raw:
@@ -139,6 +136,8 @@ def _parse(raw: dict[str, Any], where: str, d: DatagenOptions) -> tuple[dict[str
     for key in server:
         if key not in _SERVER_KEYS:
             raise unknown_key(str(key), _SERVER_KEYS, where, "server.")
+    server = {k: v for k, v in server.items() if v is not None}
+    check_ours(server, where, "server.")
     engine = d.datagen_engine or raw.get("engine")
     if not engine:
         raise LaunchError(f"{where}: no engine; add engine: TYPE (one of {', '.join(ENGINES)}) or pass "
@@ -222,16 +221,26 @@ def _check_options(d: DatagenOptions, workdir: Path) -> None:
                                   f"(or drop --{f.name})")
     if d.enable_task_gen and not d.datagen_script:
         raise LaunchError("task generation needs --datagen_script (your generator, called with --stage tasks)")
+    for flag, number in (("--server_wait_timeout", d.server_wait_timeout), ("--trace_n_concurrent", d.trace_n_concurrent),
+                         ("--trace_agent_timeout_sec", d.trace_agent_timeout_sec),
+                         ("--trace_verifier_timeout_sec", d.trace_verifier_timeout_sec)):
+        if number is not None and not 0 < number < math.inf:
+            raise LaunchError(f"{flag} must be above 0 (got {number})")
+    try:
+        shlex.split(d.datagen_extra_args or "")
+    except ValueError as exc:
+        raise LaunchError(f"--datagen_extra_args is not valid shell quoting ({exc}); write it as one string, e.g. "
+                          "\"--num-tasks 10\"") from None
     for flag, value in (("--datagen_script", d.datagen_script), ("--trace_script", d.trace_script),
                         ("--trace_harbor_config", d.trace_harbor_config)):
-        if value and not (workdir / value).is_file():
-            raise LaunchError(f"{flag} {value} does not exist (relative paths start at {workdir})")
+        if value and not os.path.isfile(workdir / value):
+            raise LaunchError(f"{flag} {value}: no such file (relative paths start at {workdir})")
     if d.enable_trace_gen:
         if not (d.trace_script or d.datagen_script):
             raise LaunchError("trace generation needs --trace_script (or --datagen_script)")
         if not d.trace_target_repo:
             raise LaunchError("trace generation needs --trace_target_repo org/name (chunks go to org/name-chunk000, ...)")
-        if d.trace_input_path and not (workdir / d.trace_input_path).is_dir():
+        if d.trace_input_path and not os.path.isdir(workdir / d.trace_input_path):
             raise LaunchError(f"--trace_input_path {d.trace_input_path} does not exist or is not a directory")
         if not d.enable_task_gen and not d.trace_input_path:
             raise LaunchError("trace generation without task generation needs --trace_input_path (the tasks)")
@@ -275,7 +284,12 @@ def _server(config: dict[str, Any], stage: dict[str, Any] | None, ours: dict[str
             raise LaunchError("engine vllm_local needs the model to serve: pass --datagen_model NAME (or set it in "
                               "the datagen config)")
         values = {"model": model, "port": "{port}", "gpus": str(gpus), "hpc_root": str(ROOT)}
-        command, env, time_limit = [str(a).format_map(values) for a in template], {}, ours.get("time_limit")
+        try:
+            command = [str(a).format_map(values) for a in template]
+        except (KeyError, ValueError, IndexError) as exc:
+            raise LaunchError(f"{where}: the server command has a bad placeholder ({exc}); use "
+                              f"{', '.join('{' + k + '}' for k in values)}, and {{{{ }}}} for a brace") from None
+        env, time_limit = {}, ours.get("time_limit")
     if gpus > profile.gpus_per_node:
         raise LaunchError(f"{where}: the server needs {gpus} GPUs but a node of {profile.name} has "
                           f"{profile.gpus_per_node}; lower the parallel sizes (multi-node serving is not supported)")
@@ -293,11 +307,13 @@ def _trace_model(d: DatagenOptions, trace: dict[str, Any], server: ServerSpec | 
     if d.trace_model:
         return d.trace_model
     if d.trace_harbor_config:
-        try:
-            agents = (yamlio.load((workdir / d.trace_harbor_config).read_text()) or {}).get("agents") or [{}]
-            harbor_model = agents[0].get("model_name")
-        except (yaml.YAMLError, AttributeError, TypeError):
-            raise LaunchError(f"--trace_harbor_config {d.trace_harbor_config} is not a Harbor job YAML") from None
+        harbor = read_yaml(workdir / d.trace_harbor_config, "Harbor job config", "check --trace_harbor_config",
+                           empty={})
+        agents = harbor.get("agents") or [{}]
+        if not isinstance(agents, list) or not isinstance(agents[0], dict):
+            raise LaunchError(f"--trace_harbor_config {d.trace_harbor_config}: agents must be a list of mappings "
+                              "(a Harbor job YAML)")
+        harbor_model = agents[0].get("model_name")
         if harbor_model and harbor_model != _PLACEHOLDER_MODEL:
             return str(harbor_model)
     engine = trace["engine"]

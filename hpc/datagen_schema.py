@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from typing import Any
 
 from hpc.errors import LaunchError
@@ -50,12 +51,33 @@ VLLM_SERVER: Schema = {
 TOP: Schema = {"engine": (ENGINE, REQUIRED), "backend": (BACKEND, {}), "vllm_server": (VLLM_SERVER, None),
                "extra_agent_kwargs": (dict, {}), "chunk_array_max": (int, None)}
 
+#: Our format's whole-number settings and their least values (check_ours).
+OUR_LEAST = {"chunk_size": 1, "chunk_parallelism": 1, "cpus_per_task": 1, "gpus": 0, "port": 1, "health_timeout": 1}
+#: Upstream's whole-number settings that are counts, sizes, ports or delays, and their least values.
+LEAST = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "data_parallel_size": 1, "num_replicas": 1,
+         "api_port": 1, "ray_port": 1, "healthcheck_max_attempts": 1, "healthcheck_retry_delay": 1,
+         "healthcheck_interval": 1, "chunk_array_max": 1, "max_num_seqs": 1}
+
 # vllm_server key -> `vllm serve` flag (value flags, then switches), in the order they are written.
 _VALUE_FLAGS = ("max_model_len", "max_num_seqs", "gpu_memory_utilization", "swap_space", "max_seq_len_to_capture",
                 "cpu_offload_gb", "kv_offloading_size", "kv_offloading_backend", "hf_overrides", "tool_call_parser",
                 "reasoning_parser")
 _SWITCHES = ("enable_expert_parallel", "trust_remote_code", "enable_auto_tool_choice")
 _SECRET_FLAG = re.compile(r"--api[-_]key(=|$)")
+
+
+def check_ours(section: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    """Our format's settings (chunk_size, ..., and the server section's) as whole numbers in range, and a command."""
+    for key, least in OUR_LEAST.items():
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least
+                                  or (key == "port" and value > 65535)):
+            span = "from 1 to 65535" if key == "port" else f"of at least {least}"
+            raise LaunchError(f"{where}: {prefix}{key} must be a whole number {span}, not {value!r}")
+    command = section.get("command")
+    if command is not None and not (isinstance(command, list) and all(isinstance(a, (str, int, float)) for a in command)):
+        raise LaunchError(f"{where}: {prefix}command must be a list of arguments such as "
+                          "[vllm, serve, \"{model}\", --port, \"{port}\"]")
 
 
 def unknown_key(key: str, valid: set[str], where: str, prefix: str = "") -> LaunchError:
@@ -94,6 +116,9 @@ def normalize(raw: Any, schema: Schema, where: str, prefix: str = "") -> dict[st
         elif value is not None and not _type_ok(value, kind):
             names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
             raise LaunchError(f"{where}: {prefix}{key} must be {names}, not {value!r}")
+        elif value is not None and key in LEAST and (value < LEAST[key] or ("port" in key and value > 65535)):
+            span = "from 1 to 65535" if "port" in key else f"at least {LEAST[key]}"
+            raise LaunchError(f"{where}: {prefix}{key} must be {span}, not {value!r}")
         out[key] = float(value) if kind is float and value is not None else value
     return out
 
@@ -104,7 +129,11 @@ def extra_args(value: list | str | dict | None) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return shlex.split(value)
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise LaunchError(f"vllm_server.extra_args {value!r} is not valid shell quoting ({exc}); fix the quotes "
+                              "or write it as a list") from None
     if isinstance(value, list):
         return [str(v) for v in value if v is not None]
     argv: list[str] = []

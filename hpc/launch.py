@@ -77,7 +77,11 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
     from hpc.experiment import check_target, write_experiment
     from hpc.manifest import Manifest
 
-    backend = backends.get("slurm")
+    if opts.backend == "skypilot":
+        from hpc.backends.skypilot import prepare_launch
+
+        opts, environ = prepare_launch(opts, environ)
+    backend = backends.get(opts.backend, opts)
     plan = JOB_TYPES[opts.job_type].build(opts, environ, lambda: backend.limits(opts.dry_run))
     materialized = backend.materialize(plan)
     check_target(plan.experiment_dir)
@@ -95,7 +99,7 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
     for record in manifest.jobs:
         print(f"  {record.key}: job {record.job_id} ({' '.join(record.submit_argv or [])})")
     print(f"hpc-launch: logs in {plan.experiment_dir / 'logs'}")
-    if not opts.wait:
+    if not opts.wait and opts.backend == "slurm":  # a SkyPilot launch has followed its jobs to the end
         return 0
     from hpc.status import wait_and_report
 

@@ -9,6 +9,7 @@ dataset_info.json entries into the experiment and removes those keys from the co
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -58,7 +59,7 @@ def _local_info(config: Mapping[str, object], workdir: Path) -> tuple[Path | Non
     if dataset_dir == "ONLINE":
         return None, {}
     path = (workdir / dataset_dir / "dataset_info.json").resolve()
-    if not path.exists():
+    if not os.path.lexists(path):
         return path.parent, {}
     return path.parent, read_dataset_info(path)
 
@@ -88,10 +89,10 @@ def resolve_datasets(config: dict[str, object], workdir: Path, experiment_dir: P
             if "file_name" in entry and base is not None:
                 entry["file_name"] = str(base / str(entry["file_name"]))
             entries[name] = _apply(entry, settings)
-        elif REPO_ID.fullmatch(name.split("@")[0]) and not (workdir / name).exists():
+        elif REPO_ID.fullmatch(name.split("@")[0]) and not os.path.exists(workdir / name):
             entries[name] = _apply({"hf_hub_url": name}, {**SHAREGPT, **settings})
             hub = True
-        elif base is not None and (base / "dataset_info.json").is_file():
+        elif base is not None and os.path.isfile(base / "dataset_info.json"):
             raise LaunchError(f"dataset {name!r} is not in {base / 'dataset_info.json'} and is not a Hub id "
                               "(org/name); add it there or name a Hub dataset")
     if not hub and not settings:

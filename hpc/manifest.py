@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
 from hpc.errors import LaunchError
+from hpc.readers import read_json, type_name, type_ok
 from hpc.spec import Plan
 
 FILE = "manifest.json"
@@ -168,13 +170,26 @@ def _upgrade(data: dict) -> dict:
     return data
 
 
+_Record = typing.TypeVar("_Record", "JobRecord", "Manifest")
+
+
+def _typed(record: _Record) -> _Record:
+    """The record, if each of its fields has its declared type; TypeError naming the first that has not."""
+    hints = typing.get_type_hints(type(record))
+    for f in fields(record):  # type: ignore[arg-type]
+        value = getattr(record, f.name)
+        if not type_ok(value, hints[f.name]):
+            raise TypeError(f"{f.name} must be {type_name(hints[f.name])}, not {value!r}")
+    return record
+
+
 def read(experiment_dir: Path) -> Manifest:
     """The manifest of an experiment directory; one line naming the problem if it is not one."""
     path = Path(experiment_dir) / FILE
+    if not os.path.lexists(path):
+        raise LaunchError(f"{experiment_dir} has no {FILE}; is it an experiment directory?")
+    data = read_json(path, "manifest", "restore it or launch again")
     try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
         if "schema" not in data:
             data = _upgrade(data)
         data["experiment_dir"] = str(Path(experiment_dir).absolute())  # where it is now
@@ -185,12 +200,9 @@ def read(experiment_dir: Path) -> Manifest:
             job = {k: v for k, v in job.items() if k in _JOB_FIELDS}
             state = job.get("state", "UNKNOWN")
             job["state"] = State(state) if state in State.__members__ else State.UNKNOWN
-            jobs.append(JobRecord(**job))
-        return Manifest(**{**{k: v for k, v in data.items() if k in _FIELDS}, "jobs": jobs})
+            jobs.append(_typed(JobRecord(**job)))
+        return _typed(Manifest(**{**{k: v for k, v in data.items() if k in _FIELDS}, "jobs": jobs}))
     except LaunchError:
         raise
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LaunchError(f"{experiment_dir} has no readable {FILE} ({exc.__class__.__name__}: {exc}); "
-                          "is it an experiment directory?") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise LaunchError(f"{path} is not a valid hpc-launch manifest ({exc}); restore it or launch again") from None

@@ -265,13 +265,53 @@ class PathOptions:
     job_creator: str | None = flag(help="who launched it, recorded as created_by in the run summary (default: $USER)")
 
 
+@group
+class RunOptions:
+    """run: any command (--job_type run)"""
+
+    command: str | None = flag(help="the command, run by bash in --workdir")
+    workdir: str | None = flag(help="where it runs; with --backend skypilot the directory synced to the cluster "
+                                    "(default: the current directory)")
+
+
+@group
+class CloudOptions:
+    """clouds (--backend skypilot): infra, resources, lifecycle"""
+
+    backend: str = flag("slurm", "where jobs run: slurm, or skypilot (clouds, Kubernetes, SSH node pools and "
+                                 "Slurm through SkyPilot; pip install 'hpc-launch[cloud]') (default: slurm)",
+                        choices=("slurm", "skypilot"))
+    cloud_provider: str | None = flag(help="SkyPilot infra, comma-separated fallbacks in order, e.g. gcp,aws,lambda "
+                                           "or slurm/mycluster (default: any enabled)")
+    accelerator: str | None = flag(help="GPUs, comma-separated fallbacks in order, e.g. H100:1,A100-80GB:1 "
+                                        "(default: none; a name without a count takes --gpus_per_node)")
+    region: str | None = flag()
+    zone: str | None = flag()
+    use_spot: bool = flag(False, "spot/preemptible instances")
+    docker_image: str | None = flag(help="container image of the task; 'auto': the gpu-1x/4x/8x image by GPU count "
+                                         "(default: the node's own environment)")
+    no_sync: bool = flag(False, "do not sync the working directory to the cluster (its image has the code)")
+    autostop: int = flag(30, "idle minutes before the cluster stops (is torn down where it cannot stop, e.g. "
+                             "Slurm); -1 never (default: 30)")
+    down: bool = flag(False, "tear the cluster down when the jobs end, also on error, timeout and Ctrl-C")
+    cluster_name: str | None = flag(help="SkyPilot cluster: reused (exec) when it is up, else launched "
+                                         "(default: hpc-<job name>)")
+    remote_output_subdir: str = flag("outputs", "outputs on the cluster, under its synced working directory "
+                                                "($HPC_OUTPUT_DIR) (default: outputs)")
+    local_sync_dir: str | None = flag(help="where outputs are synced back, before any teardown "
+                                           "(default: <experiment>/outputs)")
+    task_name: str | None = flag(help="SkyPilot task name (default: the job's name)")
+    timeout_minutes: float | None = flag(help="cancel the jobs (and with --down tear down) after this long")
+    task: str | None = flag(help="launch this SkyPilot task YAML as it is (with --backend skypilot)")
+
+
 GROUPS: tuple[type, ...] = (CommonOptions, ResourceOptions, PathOptions, TrainOptions, ConsolidateOptions,
-                            DatagenOptions, EvalOptions)
+                            DatagenOptions, EvalOptions, RunOptions, CloudOptions)
 
 
-@dataclass(repr=False)
-class LaunchOptions(EvalOptions, DatagenOptions, ConsolidateOptions, TrainOptions, PathOptions, ResourceOptions,
-                    CommonOptions):
+@dataclass
+class LaunchOptions(CloudOptions, RunOptions, EvalOptions, DatagenOptions, ConsolidateOptions, TrainOptions,
+                    PathOptions, ResourceOptions, CommonOptions):
     """Every launch option (the CLI's flags, or the Python API's keywords)."""
 
     def __repr__(self) -> str:

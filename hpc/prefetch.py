@@ -9,6 +9,7 @@ the one side effect of planning; a dry run only lists what it would fetch.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -50,7 +51,7 @@ class Localized:
 
 def hub_reference(value: object, workdir: Path) -> tuple[str, str | None] | None:
     """(repo_id, revision) when `value` names a Hub repo rather than an existing local path."""
-    if not isinstance(value, str) or value.startswith(("/", "./", "../", "~")) or (workdir / value).exists():
+    if not isinstance(value, str) or value.startswith(("/", "./", "../", "~")) or os.path.exists(workdir / value):
         return None
     repo, _, revision = value.partition("@")
     return (repo, revision or None) if REPO_ID.fullmatch(repo) else None
@@ -77,6 +78,13 @@ class Fetcher:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+        from hpc.jobside.sync import HUB_TIMEOUT, HUB_TIMEOUT_ENV, bound_hub_requests, env_seconds
+
+        try:
+            timeout = env_seconds(HUB_TIMEOUT_ENV, HUB_TIMEOUT)
+        except ValueError as exc:
+            raise LaunchError(f"{exc}; unset it or give seconds, e.g. {HUB_TIMEOUT_ENV}=120") from None
+        bound_hub_requests(timeout)
         print(f"prefetch: {fetch.kind} {fetch.repo_id} ({fetch.purpose}) into {where}", flush=True)
         try:
             path = snapshot_download(fetch.repo_id, repo_type=fetch.kind, revision=fetch.revision,
@@ -85,11 +93,26 @@ class Fetcher:
             raise LaunchError(f"prefetch: {fetch.kind} {fetch.repo_id} not found on the Hub (or no access with "
                               "your HF_TOKEN); fix the name in the train config") from None
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+            if _timed_out(exc):
+                raise LaunchError(f"prefetch: the Hub gave no answer within {timeout:g} s for {fetch.kind} "
+                                  f"{fetch.repo_id}; nothing was submitted: try again, or wait longer with "
+                                  f"{HUB_TIMEOUT_ENV}=SECONDS") from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LaunchError(f"prefetch: downloading {fetch.kind} {fetch.repo_id} failed ({first}); "
                               "nothing was submitted, try again") from None
         print(f"prefetch: {fetch.repo_id} -> {path}", flush=True)
         return Path(path)
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """Whether a timeout (httpx's, or the socket's) is behind `exc`."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _data_files(snapshot: Path) -> list[Path]:
@@ -109,7 +132,7 @@ def _dataset_info(config: Mapping[str, object], workdir: Path) -> tuple[Path | N
     if dataset_dir == "ONLINE":
         return None, {}
     path = (workdir / dataset_dir / "dataset_info.json").resolve()
-    if not path.exists():
+    if not os.path.lexists(path):
         return path.parent, None
     from hpc.lf_data import read_dataset_info  # lf_data imports this module
 

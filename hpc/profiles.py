@@ -6,14 +6,13 @@ import dataclasses
 import os
 import re
 import subprocess
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpc import data_dir
 from hpc.errors import LaunchError
-from hpc.readers import read_yaml
+from hpc.readers import read_yaml, type_name, type_ok
 from hpc.timefmt import parse_time
 
 #: Directory of the profiles shipped with hpc-launch.
@@ -109,30 +108,6 @@ _OPTIONAL = {name for name, f in _FIELDS.items()
 _HINTS = typing.get_type_hints(ClusterProfile)
 
 
-def _type_ok(value: object, hint: object) -> bool:
-    """Whether a YAML value has the declared type (bool is not an int here)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    if origin is dict:
-        _, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, item) for k, v in value.items())
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is object:
-        return True
-    return isinstance(value, hint)  # type: ignore[arg-type]
-
-
-def _type_name(hint: object) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
 def parse_profile(data: object, source: Path) -> ClusterProfile:
     """Validate one profile's YAML data; every problem names the file and the key."""
     where = str(source)
@@ -149,9 +124,9 @@ def parse_profile(data: object, source: Path) -> ClusterProfile:
     if "partitions" in data:
         data = {**data, "partitions": _parse_partitions(data["partitions"], where)}
     for key, value in data.items():
-        if not _type_ok(value, _HINTS[key]):
+        if not type_ok(value, _HINTS[key]):
             raise LaunchError(
-                f"{where}: key {key!r} must be {_type_name(_HINTS[key])}, got {type(value).__name__} {value!r}"
+                f"{where}: key {key!r} must be {type_name(_HINTS[key])}, got {type(value).__name__} {value!r}"
             )
     profile = ClusterProfile(**data, source=source)
     _check_values(profile, where)
@@ -173,7 +148,7 @@ def _parse_partitions(raw: object, where: str) -> dict[str, PartitionLimits]:
         if not isinstance(entry, dict) or set(entry) - set(_PARTITION_KEYS):
             raise LaunchError(f"{at}: must be a mapping with keys among {', '.join(_PARTITION_KEYS)}")
         max_nodes, max_time = entry.get("max_nodes"), entry.get("max_time")
-        if max_nodes is not None and (not _type_ok(max_nodes, int) or max_nodes < 1):
+        if max_nodes is not None and (not type_ok(max_nodes, int) or max_nodes < 1):
             raise LaunchError(f"{at}.max_nodes must be a whole number of nodes, at least 1 (got {max_nodes!r})")
         if max_time is not None and not isinstance(max_time, str):
             raise LaunchError(f'{at}.max_time must be a quoted SLURM time such as "24:00:00" (got {max_time!r})')
@@ -181,7 +156,7 @@ def _parse_partitions(raw: object, where: str) -> dict[str, PartitionLimits]:
             parse_time(max_time, f"{at}.max_time")
         bins = entry.get("time_by_nodes", [])
         if not isinstance(bins, list) or not all(
-                isinstance(b, list) and len(b) == 2 and _type_ok(b[0], int) and isinstance(b[1], str) for b in bins):
+                isinstance(b, list) and len(b) == 2 and type_ok(b[0], int) and isinstance(b[1], str) for b in bins):
             raise LaunchError(f"{at}.time_by_nodes must be a list of [up to N nodes, max time] pairs, "
                               'e.g. [[91, "02:00:00"], [183, "06:00:00"]]')
         counts = [b[0] for b in bins]

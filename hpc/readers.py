@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,31 @@ def _type_word(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
     return _SHAPES.get(type(value), f"a {type(value).__name__}")
+
+
+def type_ok(value: object, hint: object) -> bool:
+    """Whether a value read from YAML or JSON has the declared type `hint` (bool is not an int here)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(type_ok(v, item) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(isinstance(k, str) and type_ok(v, item) for k, v in value.items())
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is object:
+        return True
+    return isinstance(value, hint)  # type: ignore[arg-type]
+
+
+def type_name(hint: object) -> str:
+    """A type hint as a reader would write it: str | None, list[str], int."""
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def read_text(path: Path, what: str, fix: str, max_bytes: int = CONFIG_LIMIT) -> str:

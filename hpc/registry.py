@@ -32,8 +32,9 @@ from hpc.errors import LaunchError, run_reporting
 
 PROG = "hpc-registry"
 TRAINING_TYPES = ("SFT", "RL")
-SUMMARY_SCHEMA = "hpc-launch.run_summary/1"
 URL_ENV, KEY_ENV, WANDB_KEY_ENV = "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "WANDB_API_KEY"
+#: Seconds a request may go unanswered (default 30 each).
+SUPABASE_TIMEOUT_ENV, WANDB_TIMEOUT_ENV = "HPC_LAUNCH_SUPABASE_TIMEOUT", "HPC_LAUNCH_WANDB_TIMEOUT"
 #: Config keys whose values never leave the cluster (hf_hub_token, ms_hub_token, wandb api_key, ...).
 _SECRET_KEY = re.compile(r"(?:^|_)(?:token|api_?key|secret|password|passwd)$", re.I)
 _SEGMENT = r"[A-Za-z0-9][\w.-]*"
@@ -150,17 +151,6 @@ def split_names(value: object) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def load_summary(path: Path) -> dict[str, Any]:
-    """A run_summary.json (hpc/jobside/run_summary.py); LaunchError if unreadable or of another schema."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LaunchError(f"--run_summary {path}: cannot read it ({scrub(str(exc))})") from None
-    if not isinstance(data, dict) or data.get("schema") != SUMMARY_SCHEMA:
-        raise LaunchError(f"--run_summary {path} is not a run summary ({SUMMARY_SCHEMA}, written by the train job)")
-    return data
-
-
 def gather(args: argparse.Namespace, summary: Mapping[str, Any] | None) -> Fields:
     """Merge the flags and the run summary (flags win)."""
     f = Fields()
@@ -224,7 +214,7 @@ def add_wandb(f: Fields, api_key: str) -> str:
     ref = f.wandb
     assert ref is not None
     try:
-        run = fetch_run(ref.entity, ref.project, ref.run_id, api_key)
+        run = fetch_run(ref.entity, ref.project, ref.run_id, api_key, timeout=service_timeout(WANDB_TIMEOUT_ENV))
     except RuntimeError as exc:
         raise ServiceError(scrub(str(exc))) from None
     entity, project, run_id = run.path.split("/")
@@ -237,6 +227,16 @@ def add_wandb(f: Fields, api_key: str) -> str:
     return f"W&B run {run.path}: {run.state}, started {run.started}, ended {run.ended}"
 
 
+def service_timeout(name: str) -> float:
+    """Seconds a Supabase or W&B request may go unanswered: $name, else 30."""
+    from hpc.jobside.sync import env_seconds
+
+    try:
+        return env_seconds(name, 30.0)
+    except ValueError as exc:
+        raise LaunchError(f"{exc}; unset it or give seconds, e.g. {name}=60") from None
+
+
 def connect(url: str, key: str) -> Any:
     """A supabase-py client (no network call yet)."""
     try:
@@ -245,17 +245,18 @@ def connect(url: str, key: str) -> Any:
         raise LaunchError("the supabase package is not installed: pip install 'hpc-launch[registry]'") from None
     if not re.match(r"https?://\S+$", url):
         raise LaunchError(f"{URL_ENV} {url!r} is not an http(s) URL (e.g. https://<project>.supabase.co)")
+    timeout = service_timeout(SUPABASE_TIMEOUT_ENV)
     try:
         import httpx  # a supabase dependency; its own client sets the timeout (the option for it is deprecated)
 
-        return create_client(url, key, options=ClientOptions(httpx_client=httpx.Client(timeout=30)))
+        return create_client(url, key, options=ClientOptions(httpx_client=httpx.Client(timeout=timeout)))
     except Exception as exc:
         raise LaunchError(f"cannot make a Supabase client for {URL_ENV}: {scrub(str(exc))}") from None
 
 
 def upsert(client: Any, table: str, row: Mapping[str, Any]) -> dict[str, Any]:
     """Upsert one row on its unique name (PostgREST merge-duplicates, return=representation); the stored row."""
-    from httpx import HTTPError
+    from httpx import HTTPError, TimeoutException
     from postgrest import APIError
 
     try:
@@ -268,8 +269,9 @@ def upsert(client: Any, table: str, row: Mapping[str, Any]) -> dict[str, Any]:
             text += f" ({KEY_ENV} must be the project's service-role key)"
         raise ServiceError(f"Supabase refused the upsert into {table} ({row.get('name')!r}): {scrub(text)}") from None
     except HTTPError as exc:
+        hint = f"; wait longer with {SUPABASE_TIMEOUT_ENV}=SECONDS" if isinstance(exc, TimeoutException) else ""
         raise ServiceError(f"cannot reach Supabase at {os.environ.get(URL_ENV, '?')} (upsert into {table}): "
-                           f"{scrub(f'{type(exc).__name__}: {exc}')}") from None
+                           f"{scrub(f'{type(exc).__name__}: {exc}')}{hint}") from None
     if not isinstance(data, list) or not data or "id" not in data[0]:
         raise ServiceError(f"Supabase stored {table} {row.get('name')!r} but returned no row with an id "
                            "(a key that RLS hides rows from? use the service-role key)")
@@ -299,6 +301,8 @@ def _dry_run(record: ModelRecord, wandb_note: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hpc.registry_summary import load_summary
+
     summary = load_summary(Path(args.run_summary)) if args.run_summary else None
     f = gather(args, summary)
     missing = [] if args.skip_wandb else needs_wandb(f)

@@ -54,7 +54,7 @@ def run_times(attrs: dict[str, Any], summary: dict[str, Any]) -> tuple[str | Non
     return (start.isoformat() if start else None, end.isoformat() if end else None)
 
 
-def fetch_run(entity: str | None, project: str, run_id: str, api_key: str, timeout: int = 30) -> WandbRun:
+def fetch_run(entity: str | None, project: str, run_id: str, api_key: str, timeout: float = 30) -> WandbRun:
     """Read one run; `entity` None means the key's default entity. Raises RuntimeError (one line, no key)."""
     try:
         import wandb

@@ -16,7 +16,10 @@ from hpc.profiles import ClusterProfile
 #: The experiment's folder for job scripts and the job-side programs they run (its name predates backends).
 PROGRAMS = "sbatch"
 
-_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+MAX_JOB_NAME = 96
+_JOB_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_JOB_NAME - 1}}}")
+#: The longest suffix a launch adds to its name for one of its jobs (<name>_consolidate).
+LONGEST_SUFFIX = len("_consolidate")
 _EXTERNAL_DEP = re.compile(r"(after|afterok|afterany|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?)+")
 
 
@@ -27,6 +30,16 @@ def check_job_name(name: str) -> str:
             "or digit (pass --job_name NAME)"
         )
     return name
+
+
+def default_job_name(stem: str, kind: str = "", fallback: str = "job") -> str:
+    """<stem>[_<kind>]_<timestamp>, from an input's name (config file, model, ...): the stem in job-name characters,
+    cut so that every job of the launch (<name>_<key>) stays within MAX_JOB_NAME characters."""
+    from datetime import datetime
+
+    tail = f"{'_' if kind else ''}{kind}_{datetime.now():%Y%m%d-%H%M%S}"
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("-._")
+    return f"{clean[:MAX_JOB_NAME - LONGEST_SUFFIX - len(tail)].rstrip('-.') or fallback}{tail}"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@
 # a sitecustomize that refuses and logs every connect to a non-loopback address, with cloud metadata probes,
 # usage collection and version checks off, catalogs pre-written and allowed_clouds: [slurm]. The "remote" is this
 # machine: sshd on 127.0.0.1 with throwaway keys; nss_wrapper gives root a fixture home (SkyPilot's bootstrap
-# writes ~root/...) and maps the SLURM node names to 127.0.0.1; uv and Python 3.10 come from local files.
+# writes ~root/...); the SLURM node names resolve to 127.0.0.1 (/etc/hosts); uv and Python 3.10 come from local files.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SKY_VERSION=0.14.1
@@ -25,6 +25,7 @@ SSHD_PORT=${HPC_SKY_SSHD_PORT:-2231}
 API_PORT=${HPC_SKY_API_PORT:-28581}
 SLURM_NAME=localslurm
 NSSW=/usr/lib/x86_64-linux-gnu/libnss_wrapper.so
+HOSTS_MARK="# SLURM nodes of the local cluster (scripts/skypilot_fixture.sh)"
 quiet() { grep -v '^WARNING: Location' || true; }  # pip's noise about absent local indexes (pipefail keeps pip's status)
 log() { printf '[skypilot-fixture %4ss] %s\n' "$SECONDS" "$*" >&2; }
 
@@ -135,11 +136,13 @@ prepare() {
   [[ -f $FX/hostkey ]] || ssh-keygen -q -t ed25519 -N '' -f "$FX/hostkey"
   ssh-keygen -q -t ed25519 -N '' -f "$SKY_HOME/.ssh/slurm_key"
   cp "$SKY_HOME/.ssh/slurm_key.pub" "$FX/authorized_keys"
-  # nss_wrapper: root's home is the fixture's (SkyPilot's bootstrap writes ~root/.bashrc, .ssh, .sky_clusters),
-  # and the SLURM node names resolve to 127.0.0.1 (the runtime resolves each node of the allocation).
+  # nss_wrapper: root's home is the fixture's (SkyPilot's bootstrap writes ~root/.bashrc, .ssh, .sky_clusters).
   sed "s#^root:\([^:]*\):0:0:\([^:]*\):[^:]*:#root:\1:0:0:\2:$FX/loginhome:#" /etc/passwd > "$FX/passwd"
   cp /etc/group "$FX/group"
-  { cat /etc/hosts; echo "127.0.0.1 $(sinfo -h -N -o %N | sort -u | tr '\n' ' ')"; } > "$FX/hosts"
+  # The SLURM node names resolve to 127.0.0.1 (the runtime resolves each node of the allocation). In /etc/hosts,
+  # not nss_wrapper's hosts file: with that, getaddrinfo("127.0.0.1") fails and torch's rendezvous never connects.
+  local nodes; nodes=$(sinfo -h -N -o %N | sort -u | tr '\n' ' ')
+  grep -q "$HOSTS_MARK" /etc/hosts || echo "127.0.0.1 $nodes $HOSTS_MARK" >> /etc/hosts
   # Login shells: the curl shim and Python 3.10 first on PATH.
   printf 'export PATH="%s/shim:%s:$PATH"\n[ -f ~/.bashrc ] && . ~/.bashrc\n' "$FX" "$(dirname "$py310")" \
     > "$FX/loginhome/.profile"
@@ -155,7 +158,7 @@ esac
 SHIM
   chmod +x "$FX/shim/curl"
   local remote_env="LD_PRELOAD=$NSSW NSS_WRAPPER_PASSWD=$FX/passwd NSS_WRAPPER_GROUP=$FX/group"
-  remote_env+=" NSS_WRAPPER_HOSTS=$FX/hosts UV_OFFLINE=1 UV_NO_INDEX=1 UV_FIND_LINKS=$WHEELHOUSE"
+  remote_env+=" UV_OFFLINE=1 UV_NO_INDEX=1 UV_FIND_LINKS=$WHEELHOUSE"
   remote_env+=" UV_PYTHON_DOWNLOADS=never SKYPILOT_DISABLE_USAGE_COLLECTION=1 AWS_EC2_METADATA_DISABLED=true"
   remote_env+=" PYTHONPATH=$FX/netjail NETJAIL_LOG=$FX/logs/netjail.log"
   cat > "$FX/sshd_config" <<CONF

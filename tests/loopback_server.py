@@ -63,3 +63,41 @@ class LoopbackServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+class SilentServer:
+    """A loopback TCP server that accepts every connection and never answers: the unreachable service a network
+    call without a timeout would wait on forever. Closing it drops the connections."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections: list = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self._closed.is_set():
+            try:
+                self.connections.append(self.sock.accept()[0])
+            except socket.timeout:
+                continue
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join()
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

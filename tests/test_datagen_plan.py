@@ -129,7 +129,7 @@ def test_arrays_record_which_chunk_their_task_0_is(setup):
         ({"trace_agent_kwargs": "[1, 2]"}, "--trace_agent_kwargs is not a JSON object"),
         ({"enable_task_gen": False, "trace_input_path": "nope"}, "--trace_input_path nope does not exist"),
         ({"num_chunks": None}, "needs --num_chunks N"),
-        ({"datagen_script": "missing.py"}, "--datagen_script missing.py does not exist"),
+        ({"datagen_script": "missing.py"}, "--datagen_script missing.py: no such file"),
         ({"datagen_config": "nope.yaml"}, "datagen config 'nope.yaml' not found"),
         ({"enable_task_gen": False, "enable_trace_gen": False}, "nothing to do"),
     ],

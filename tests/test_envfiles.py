@@ -25,7 +25,9 @@ def test_dotenv_interpolates_login_env_defaults_and_earlier_keys(tmp_path, monke
     }
 
 
-@pytest.mark.parametrize("key", ["HF_TOKEN", "WANDB_API_KEY", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY"])
+@pytest.mark.parametrize("key", ["HF_TOKEN", "WANDB_API_KEY", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY",
+                                 "SUPABASE_SERVICE_ROLE_KEY", "OPENAI_KEY", "CLIENT_SECRET", "GH_PAT", "AUTH",
+                                 "GOOGLE_APPLICATION_CREDENTIALS", "HFTOKEN", "DB_PASS", "SESSION_COOKIE"])
 def test_dotenv_refuses_secret_looking_keys(tmp_path, key):
     path = tmp_path / "c.env"
     path.write_text(f"{key}=abc\n")
@@ -35,8 +37,19 @@ def test_dotenv_refuses_secret_looking_keys(tmp_path, key):
 
 def test_dotenv_allows_names_that_only_look_alike(tmp_path):
     path = tmp_path / "c.env"
-    path.write_text("TOKENIZERS_PARALLELISM=false\nDC_AGENT_SECRET_ENV=/home/me/.secrets.env\nSSH_KEY_PATH=/k\n")
-    assert len(read_dotenv(path)) == 3
+    path.write_text("TOKENIZERS_PARALLELISM=false\nDC_AGENT_SECRET_ENV=/home/me/.secrets.env\nSSH_KEY_PATH=/k\n"
+                    "SSH_KEY=/home/me/.ssh/tunnel\nKEYRING_BACKEND=x\nAUTHOR=me\nPATCH=1\n")
+    assert len(read_dotenv(path)) == 7
+
+
+@pytest.mark.parametrize("value", ["${HF_TOKEN}", "${WANDB_API_KEY:-x}", "'${OPENAI_API_KEY}'", "a${MY_SECRET}b"])
+def test_dotenv_refuses_interpolating_a_secret_from_the_login_shell(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("HF_TOKEN", "hf_canary")
+    path = tmp_path / "c.env"
+    path.write_text(f"X={value}\n")
+    with pytest.raises(LaunchError, match=r"X interpolates \$\{[A-Z_]+\}, which looks like a secret") as err:
+        read_dotenv(path)
+    assert "hf_canary" not in str(err.value)
 
 
 def test_secrets_file_must_be_private(tmp_path):

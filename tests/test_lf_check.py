@@ -97,19 +97,17 @@ def test_the_cached_kinds_are_the_kinds_read_from_the_sources(monkeypatch):
         assert {name: lf_check._as_kinds(k) for name, k in cached.items()} == read  # the same configs are refused
 
 
-def test_a_check_imports_no_ml_library_and_is_cheap():
+def test_a_check_imports_no_ml_library():
+    """Cheap: the sources are read, never imported (its cost is measured in benchmarks/, not asserted here)."""
     code = textwrap.dedent(f"""
-        import sys, time
-        start = time.perf_counter()
+        import sys
         from hpc.lf_check import check_train_config
         note = check_train_config({TINY!r}, "tiny_sft.yaml")
-        heavy = sorted({{"llamafactory", "transformers", "torch"}} & set(sys.modules))
-        print(note, round(time.perf_counter() - start, 3), heavy)
+        print(note, sorted({{"llamafactory", "transformers", "torch"}} & set(sys.modules)))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
-    assert out[-1] == "[]"
-    assert float(out[-2]) < 1.0, f"one check took {out[-2]} s"
+    assert out == ["None", "[]"]
 
 
 def test_a_note_not_an_error_without_llamafactory(monkeypatch):

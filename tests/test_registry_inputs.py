@@ -165,8 +165,12 @@ def test_missing_keys_are_named_and_nothing_is_sent(capsys, postgrest, wandb_api
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not json", "cannot read it"),
+    ("{not json", "is not valid JSON (Expecting property name enclosed in double quotes at line 1, column 2); check "
+                  "--run_summary"),
     ('{"model_name": "x"}', "is not a run summary (hpc-launch.run_summary/1"),
+    ('{"schema": "hpc-launch.run_summary/1", "wandb": "my-team/proj/abc"}', "wandb must be dict, not str"),
+    ('{"schema": "hpc-launch.run_summary/1", "schema": "hpc-launch.run_summary/1"}', "duplicate key 'schema'"),
+    ("[]", "must be a mapping, not a list"),
 ])
 def test_bad_run_summary(capsys, tmp_path, content, message):
     path = tmp_path / "run_summary.json"

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from hpc.context import Limits
+    from hpc.options import LaunchOptions
     from hpc.manifest import JobRecord, Manifest, State
     from hpc.spec import Plan
 
 #: Backend name -> the module holding its `Backend` class (imported only when used).
-BACKENDS = {"slurm": "hpc.backends.slurm"}
+BACKENDS = {"slurm": "hpc.backends.slurm", "skypilot": "hpc.backends.skypilot"}
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,11 @@ class Backend(Protocol):
         """Where a job writes its output (an array's task `task`; default: its newest task's)."""
 
 
-def get(name: str) -> Backend:
+def get(name: str, opts: "LaunchOptions | None" = None) -> Backend:
+    """The backend called `name`; for a launch (opts given) made from its options when it takes them."""
     if name not in BACKENDS:
         from hpc.errors import LaunchError
 
         raise LaunchError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name]).Backend()
+    cls = importlib.import_module(BACKENDS[name]).Backend
+    return cls.for_launch(opts) if opts is not None and hasattr(cls, "for_launch") else cls()

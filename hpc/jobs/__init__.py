@@ -34,5 +34,6 @@ JOB_TYPES = {
                 "hpc.jobs.consolidate"),
         JobType("eval", "lm_eval (or the profile's eval_command) on an existing model: --eval_model DIR|org/name",
                 "hpc.jobs.evaluate"),
+        JobType("run", "any command: --command \"...\" [--workdir DIR] (benchmarks, examples)", "hpc.jobs.run"),
     )
 }

@@ -7,9 +7,7 @@ Its own job type (--job_type consolidate --consolidate_input ...) or chained aft
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 
 from hpc import ROOT
@@ -20,7 +18,7 @@ from hpc.jobside.consolidate import find_zero_checkpoint, parse_input
 from hpc.options import LaunchOptions
 from hpc.pipeline import after, finish
 from hpc.prefetch import REPO_ID, Fetch, Fetcher, cache_dir
-from hpc.spec import PROGRAMS, Command, Dependency, Plan, Step
+from hpc.spec import PROGRAMS, Command, Dependency, Plan, Step, default_job_name
 
 JOBSIDE = ROOT / "hpc" / "jobside" / "consolidate.py"
 SCRIPT_REL = f"{PROGRAMS}/consolidate.py"
@@ -49,8 +47,7 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, lim
             except ValueError as exc:
                 raise LaunchError(f"--consolidate_input {source}: {exc}") from None
         source = str(snapshot)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", source.rstrip("/").split("/")[-1]).strip("-.")[:60] or "model"
-    job_name = opts.job_name or f"{stem}_consolidate_{datetime.now():%Y%m%d-%H%M%S}"
+    job_name = opts.job_name or default_job_name(source.rstrip("/").split("/")[-1], "consolidate", "model")
     launch = Launch(opts, ctx, job_name, limits)
     checkpoints = ctx.env.get("CHECKPOINTS_DIR")
     output = opts.consolidate_output_dir or (

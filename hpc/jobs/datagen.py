@@ -13,7 +13,6 @@ import os
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 from hpc import ROOT, yamlio
@@ -24,7 +23,8 @@ from hpc.jobside.datagen import task_names
 from hpc.jobside.sync import index_ranges
 from hpc.options import DatagenOptions, LaunchOptions, group_values
 from hpc.pipeline import finish
-from hpc.spec import PORT, PROGRAMS, Array, Cancel, Dependency, Plan, Resources, Server, Stage, Step
+from hpc.spec import (PORT, PROGRAMS, Array, Cancel, Dependency, Plan, Resources, Server, Stage, Step,
+                      default_job_name)
 
 HELPER_SOURCE = ROOT / "hpc" / "jobside" / "datagen.py"
 HELPER_REL = f"{PROGRAMS}/datagen.py"
@@ -38,7 +38,7 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, lim
     ctx = resolve_context(opts, environ)
     d = opts
     config = load_config(d, ctx, environ)
-    job_name = opts.job_name or f"datagen_{config.engine}_{datetime.now():%Y%m%d-%H%M%S}"
+    job_name = opts.job_name or default_job_name(f"datagen_{config.engine}")
     exp = ctx.experiments_dir / job_name
     tasks_dir = Path(d.trace_input_path or d.datagen_output_dir or exp / "outputs" / "tasks").absolute()
     num_chunks = _num_chunks(d, config, tasks_dir) if d.enable_trace_gen else 0

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import fields
-from datetime import datetime
 from pathlib import Path
 
 from hpc import ROOT
@@ -23,7 +21,7 @@ from hpc.errors import LaunchError
 from hpc.options import EvalOptions, LaunchOptions
 from hpc.pipeline import after, finish
 from hpc.prefetch import Fetch, Fetcher, cache_dir, hub_reference
-from hpc.spec import Command, Dependency, Plan, Resources, Step
+from hpc.spec import Command, Dependency, Plan, Resources, Step, default_job_name
 
 RESULTS_REL = "eval/results.json"
 #: Runs lm_eval with the arguments after it, then copies the newest results file it wrote to eval/results.json.
@@ -43,8 +41,7 @@ def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ,
         raise LaunchError("--job_type eval needs --eval_tasks (lm_eval task names, comma-separated)")
     ctx = resolve_context(opts, environ)
     stem = opts.eval_model.partition("@")[0].rstrip("/").split("/")[-1]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:60] or "model"
-    launch = Launch(opts, ctx, opts.job_name or f"{stem}_eval_{datetime.now():%Y%m%d-%H%M%S}", limits)
+    launch = Launch(opts, ctx, opts.job_name or default_job_name(stem, "eval", "model"), limits)
     resources = _checked_resources(launch)  # before anything is downloaded
     model, revision = _resolve_model(opts, ctx)
     return finish(launch, [_step(launch, resources, model, launch.user_dependencies(), launch.job_name, revision)])

@@ -7,7 +7,6 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 
 from hpc import ROOT, yamlio
@@ -20,7 +19,7 @@ from hpc.options import LaunchOptions
 from hpc.pipeline import LAUNCH_REL, finish, launch_record
 from hpc.prefetch import Fetcher, cache_dir, localize
 from hpc.readers import read_yaml
-from hpc.spec import PROGRAMS, Plan, Step, Train
+from hpc.spec import PROGRAMS, Plan, Step, Train, default_job_name
 from hpc.timefmt import parse_time
 
 #: The per-process entry torchrun runs, copied into the experiment (see the file's docstring).
@@ -29,6 +28,9 @@ ENTRY_REL = f"{PROGRAMS}/lf_train.py"
 CONFIG_REL = "configs/train.yaml"
 SUMMARY_SOURCE = ROOT / "hpc" / "jobside" / "run_summary.py"
 SUMMARY_REL = f"{PROGRAMS}/run_summary.py"
+#: Keys the launcher reads itself: text, or names (text, or a list of text).
+_TEXT_KEYS = ("model_name_or_path", "adapter_name_or_path", "dataset_dir", "output_dir", "hub_model_id", "run_name")
+_NAMES_KEYS = ("dataset", "eval_dataset", "report_to")
 
 
 def load_train_yaml(path_text: str | None) -> tuple[Path, dict]:
@@ -83,14 +85,22 @@ def apply_global_batch_size(config: dict[str, object], global_batch_size: int | 
     config["gradient_accumulation_steps"] = steps
 
 
-def _default_job_name(config_path: Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", config_path.stem).strip("-.") or "train"
-    return f"{stem[:70]}_{datetime.now():%Y%m%d-%H%M%S}"
+def _check_launcher_keys(config: Mapping[str, object], source: Path) -> None:
+    """The keys the launcher reads itself must be text (names: text or a list of text; deepspeed: a path or an
+    inline mapping), without NUL characters."""
+    for key in (*_TEXT_KEYS, *_NAMES_KEYS, "deepspeed"):
+        value = config.get(key)
+        items = value if key in _NAMES_KEYS and isinstance(value, list) else [value]
+        if value is None or (key == "deepspeed" and isinstance(value, dict)) or all(
+                isinstance(item, str) and "\0" not in item for item in items):
+            continue
+        kind = "text or a list of text" if key in _NAMES_KEYS else "text"
+        raise LaunchError(f"train config {source}: {key} must be {kind}, not {repr(value)[:60]}; fix the YAML")
 
 
 def _check_local_files(config: Mapping[str, object], workdir: Path) -> None:
     deepspeed = config.get("deepspeed")
-    if isinstance(deepspeed, str) and not (workdir / deepspeed).expanduser().is_file():
+    if isinstance(deepspeed, str) and not os.path.isfile((workdir / deepspeed).expanduser()):
         raise LaunchError(f"deepspeed config {deepspeed!r} not found (relative paths start at {workdir})")
     for key in ("model_name_or_path", "dataset"):
         if not config.get(key):
@@ -100,7 +110,7 @@ def _check_local_files(config: Mapping[str, object], workdir: Path) -> None:
 def build_plan(opts: LaunchOptions, environ: Mapping[str, str] = os.environ, limits: Callable[[], Limits] = Limits) -> Plan:
     """The train launch as data (train, then optional consolidate and eval). Writes nothing."""
     config_path, yaml_config = load_train_yaml(opts.train_config_path)
-    launch = Launch.create(opts, lambda ctx: _default_job_name(config_path), environ, limits)
+    launch = Launch.create(opts, lambda ctx: default_job_name(config_path.stem, fallback="train"), environ, limits)
     steps = [train_step(launch, config_path, yaml_config)]
     if opts.consolidate:
         from hpc.jobs import consolidate
@@ -137,6 +147,7 @@ def train_step(launch: Launch, config_path: Path, yaml_config: dict) -> Step:
     global_batch = opts.global_batch_size if opts.global_batch_size is not None else yaml_batch
     overrides = {**opts.train_overrides, **parse_extra_args(opts.train_extra_args)}
     config = merge_config(yaml_config, overrides, p.train_defaults, builtin)
+    _check_launcher_keys(config, config_path)
     apply_global_batch_size(config, global_batch, resources.nodes * nproc, "gradient_accumulation_steps" in overrides)
     dataset_info = resolve_datasets(config, ctx.workdir, experiment_dir)
     _check_local_files(config, ctx.workdir)

@@ -28,6 +28,7 @@ AUX_PATTERNS = ("config.json", "generation_config.json", "tokenizer*", "special_
 WEIGHT_FILE_RE = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
 REPO_RE = re.compile(r"([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+HUB_TIMEOUT_ENV = "HPC_LAUNCH_HUB_TIMEOUT"
 
 
 class BadInput(ValueError):
@@ -101,6 +102,30 @@ def check_upload(repo: str, token: str | None) -> None:
                        "(e.g. in your secrets file); nothing was done")
 
 
+def bound_hub_requests() -> None:
+    """Every huggingface_hub request without a timeout of its own gets $HPC_LAUNCH_HUB_TIMEOUT seconds (default 60)
+    to connect and per read (a copy of hpc/jobside/sync.py's: this program runs alone)."""
+    from huggingface_hub import get_session
+
+    text = os.environ.get(HUB_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(text) if text else 60.0
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise BadInput(f"{HUB_TIMEOUT_ENV}={text!r} is not a number of seconds above 0")
+
+    def bounded(request: object) -> None:
+        timeout = request.extensions.get("timeout") or {}  # type: ignore[attr-defined]
+        request.extensions["timeout"] = {key: seconds if timeout.get(key) is None else timeout[key]  # type: ignore
+                                         for key in ("connect", "read", "write", "pool")}
+
+    session = get_session()
+    hooks = session.event_hooks
+    kept = [hook for hook in hooks["request"] if getattr(hook, "__name__", "") != "bounded"]
+    session.event_hooks = {**hooks, "request": [*kept, bounded]}
+
+
 def download(repo: str, revision: str | None) -> Path:
     """Snapshot a Hub repo into the normal HF cache (HF_ENDPOINT / HF_HUB_CACHE respected) and return its path."""
     from huggingface_hub import snapshot_download
@@ -164,6 +189,8 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.output).expanduser()
     check_output_dir(out, args.overwrite)
     local, repo, revision = parse_input(args.input)
+    if repo is not None or args.output_repo:
+        bound_hub_requests()  # before any work: a bad setting costs nothing
     ckpt = find_zero_checkpoint(local if local is not None else download(repo, revision)).resolve()
     if out.resolve() in (ckpt, ckpt.parent):
         raise BadInput(f"--output {out} is the checkpoint or its training output dir; choose a separate directory")

@@ -79,7 +79,7 @@ def dataset_ids(config: dict) -> list[str]:
     info_path = Path(str(config.get("dataset_dir") or "data")) / "dataset_info.json"
     try:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         info = {}
     entries = {name: info.get(name) if isinstance(info, dict) else None for name in names}
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             config = yaml.safe_load(args.config.read_text())
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
             raise BadInput(f"cannot read {args.config}: {str(exc).splitlines()[0]}") from None
         if not isinstance(config, dict):
             raise BadInput(f"{args.config} is not a YAML mapping")

@@ -23,8 +23,10 @@ def test_tiny_train_completes_and_no_secret_leaks(launch, tmp_path):
         'printf %s "$HPC_CANARY" | sha256sum | cut -c1-64 > "$HPC_EXPERIMENT_DIR/canary.sha256"\n'
     )
     secrets_file.chmod(0o600)
+    # The login shell exports secrets too (names the dotenv rule refuses): none may reach a file, a log or the job.
+    login_secrets = {name: canary for name in ("HF_TOKEN", "WANDB_API_KEY", "SUPABASE_SERVICE_ROLE_KEY", "GH_PAT")}
     result = launch("--train_config_path", str(TINY_YAML), "--job_name", "tiny", "--gpus_per_node", "2", "--wait",
-                    extra_env={"DC_AGENT_SECRET_ENV": str(secrets_file)})
+                    extra_env={"DC_AGENT_SECRET_ENV": str(secrets_file), **login_secrets})
     exp = tmp_path / "exp" / "tiny"
     assert result.returncode == 0, result.stdout + result.stderr + log_text(exp)
     job = manifest(exp)["jobs"][0]
