@@ -42,11 +42,13 @@ class Result:
     stderr: str
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, module: str = "hpc.launch") -> Result:
-    """Run the launcher as a user would: a separate process."""
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, module: str = "hpc.launch",
+            timeout: float = 1200) -> Result:
+    """Run the launcher as a user would: a separate process (a hang fails the test instead of stalling the run)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT,
+        timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
