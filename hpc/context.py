@@ -136,7 +136,7 @@ def _scaled_memory(mem: str | None, share: float) -> str | None:
 def resolve_resources(p: ClusterProfile, *, partition: str | None = None, account: str | None = None,
                       qos: str | None = None, time_limit: str | None = None, nodes: int = 1,
                       gpus_per_node: int | None = None, cpus: int | None = None,
-                      gpu_type: str | None = None) -> Resources:
+                      gpu_type: str | None = None, cpus_per_node: int | None = None) -> Resources:
     """Resources for one job: a given value > the profile > built-in defaults, checked against the profile.
 
     gpus_per_node None means all of a node's GPUs; 0 means a CPU job that takes the whole node, or
@@ -159,10 +159,13 @@ def resolve_resources(p: ClusterProfile, *, partition: str | None = None, accoun
     share = gpus / p.gpus_per_node if p.gpus_per_node and gpus else 1.0
     if not gpus and cpus is not None:
         share = min(1.0, cpus / p.cpus_per_node)
+    if cpus_per_node is not None and not 1 <= cpus_per_node <= p.cpus_per_node:
+        raise LaunchError(f"--cpus_per_node {cpus_per_node} is not possible on {p.name}: its nodes have "
+                          f"{p.cpus_per_node} CPUs")
     return Resources(
         nodes=nodes,
         gpus_per_node=gpus,
-        cpus_per_node=max(1, int(p.cpus_per_node * share)),
+        cpus_per_node=cpus_per_node or max(1, int(p.cpus_per_node * share)),
         mem=_scaled_memory(p.mem_per_node, share),
         time_limit=format_time(seconds),
         partition=partition,

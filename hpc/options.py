@@ -75,6 +75,7 @@ class ResourceOptions:
     time_limit: str | None = flag(help="wall time, e.g. 04:00:00 or 1-00:00:00")
     num_nodes: int | None = flag(help="nodes (default: 1)")
     gpus_per_node: int | None = flag(help="GPUs per node (default: all of the node's)")
+    cpus_per_node: int | None = flag(help="CPUs per node of the train job (default: the GPU share of the node's)")
     gpu_type: str | None = flag(help="GPU type, on clusters whose profile lists several (gpu_types), e.g. A100-80GB "
                                      "on perlmutter (default: the profile's gpu_type)")
     gpus_type: str | None = flag(help="same as --gpu_type (upstream's spelling)")

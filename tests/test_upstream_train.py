@@ -135,3 +135,10 @@ def test_upstream_boolean_values_for_our_switches():
     argv = ["--enable_task_gen", "false", "--trace-export-subagents=yes", "--datagen_extra_args", "", "--dry_run"]
     assert translate(argv, set(), {"enable_task_gen", "trace_export_subagents"}) == [
         "--no-enable_task_gen", "--trace_export_subagents", "--datagen_extra_args", "", "--dry_run"]
+
+
+def test_cpus_per_node_is_supported_within_the_node(tmp_path):
+    plan, _ = _plan(tmp_path, TRAIN_YAML, cpus_per_node=64)
+    assert plan.job("train").resources.cpus_per_node == 64
+    with pytest.raises(LaunchError, match="--cpus_per_node 100 is not possible on vista: its nodes have 72 CPUs"):
+        _plan(tmp_path, TRAIN_YAML, cpus_per_node=100)

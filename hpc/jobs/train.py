@@ -130,7 +130,7 @@ def train_step(launch: Launch, config_path: Path, yaml_config: dict) -> Step:
         raise LaunchError(f"--max_restarts must be 0 or more (got {max_restarts})")
     resources = launch.resources(partition=opts.partition, account=opts.account, qos=opts.qos,
                                  time_limit=opts.time_limit, nodes=1 if opts.num_nodes is None else opts.num_nodes,
-                                 gpus_per_node=opts.gpus_per_node)
+                                 gpus_per_node=opts.gpus_per_node, cpus_per_node=opts.cpus_per_node)
     if parse_time(resources.time_limit) <= 2 * p.signal_seconds:
         raise LaunchError(
             f"--time_limit {resources.time_limit} leaves no time to train: {p.name} warns {p.signal_seconds} s before "
