@@ -10,6 +10,7 @@ is no longer running), state, config and the run's URL.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -62,12 +63,23 @@ def fetch_run(entity: str | None, project: str, run_id: str, api_key: str, timeo
         raise RuntimeError("the wandb package is not installed: pip install 'hpc-launch[registry]'") from None
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # no crash reports to sentry from here
     path = "/".join(p for p in (entity, project, run_id) if p)
-    try:
-        run = wandb.Api(api_key=api_key, timeout=timeout).run(path)
-        attrs, summary = dict(run._attrs), dict(run.summary_metrics or {})
-        config, url, resolved = dict(run.config or {}), run.url, "/".join(run.path)
-    except Exception as exc:  # wandb raises CommError, AuthenticationError, ValueError, ...
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise RuntimeError(f"W&B run {path}: {detail}") from None
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            run = wandb.Api(api_key=api_key, timeout=timeout).run(path)
+            answer["run"] = (dict(run._attrs), dict(run.summary_metrics or {}), dict(run.config or {}), run.url,
+                             "/".join(run.path))
+        except Exception as exc:  # wandb raises CommError, AuthenticationError, ValueError, ...
+            answer["error"] = " ".join(str(exc).split()) or type(exc).__name__
+
+    # wandb retries a silent server well past its own timeout: the whole lookup gets a deadline of its own.
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(3 * timeout + 10)
+    if "run" not in answer:
+        detail = answer.get("error") or f"no answer within {3 * timeout + 10:.0f} s (W&B unreachable?)"
+        raise RuntimeError(f"W&B run {path}: {detail}")
+    attrs, summary, config, url, resolved = answer["run"]
     started, ended = run_times(attrs, summary)
     return WandbRun(path=resolved, url=url, state=attrs.get("state"), started=started, ended=ended, config=config)
