@@ -136,7 +136,8 @@ def _scaled_memory(mem: str | None, share: float) -> str | None:
 def resolve_resources(p: ClusterProfile, *, partition: str | None = None, account: str | None = None,
                       qos: str | None = None, time_limit: str | None = None, nodes: int = 1,
                       gpus_per_node: int | None = None, cpus: int | None = None,
-                      gpu_type: str | None = None, cpus_per_node: int | None = None) -> Resources:
+                      gpu_type: str | None = None, cpus_per_node: int | None = None,
+                      require_account: bool = True) -> Resources:
     """Resources for one job: a given value > the profile > built-in defaults, checked against the profile.
 
     gpus_per_node None means all of a node's GPUs; 0 means a CPU job that takes the whole node, or
@@ -153,7 +154,7 @@ def resolve_resources(p: ClusterProfile, *, partition: str | None = None, accoun
     partition = partition or p.partition
     seconds = _partition_time(p, partition, nodes, time_limit)
     account = account or p.account
-    if p.account_required and not account:
+    if p.account_required and not account and require_account:
         raise LaunchError(f"{p.name} runs no job without an account: pass --account PROJECT (the project or budget "
                           "to charge; SBATCH_ACCOUNT is not used, since sbatch runs without SBATCH_* variables)")
     share = gpus / p.gpus_per_node if p.gpus_per_node and gpus else 1.0
@@ -235,7 +236,9 @@ class Launch:
 
     def resources(self, **given: object) -> Resources:
         """resolve_resources on this launch's profile with its --gpu_type (see there for the keywords)."""
-        return resolve_resources(self.profile, gpu_type=self.gpu_type, **given)  # type: ignore[arg-type]
+        # A dry run previews without the account (pipeline.finish says the real launch needs one).
+        return resolve_resources(self.profile, gpu_type=self.gpu_type, require_account=not self.opts.dry_run,
+                                 **given)  # type: ignore[arg-type]
 
     @property
     def gpu_type(self) -> str | None:

@@ -51,6 +51,9 @@ def finish(launch: Launch, steps: list[Step], sync_after: tuple[Dependency, ...]
             notes = (f"compute nodes of {launch.profile.name} have no internet: when the jobs have finished, run on "
                      f"the login node: python -m hpc.sync {launch.experiment_dir}",)
         files.update({DEFERRED_REL: json.dumps(deferred, indent=2) + "\n", SYNC_REL: SYNC_SOURCE.read_text()})
+    if launch.profile.account_required and any(not s.job.resources.account for s in steps):  # only in a dry run
+        notes = (*notes, f"{launch.profile.name} runs no job without an account: the real launch needs --account "
+                         "PROJECT")
     plan = Plan.from_steps(launch.experiment_dir, launch.profile, steps)
     return replace(plan, files={**plan.files, **files}, notes=(*plan.notes, *notes))
 

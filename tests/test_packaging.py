@@ -62,7 +62,7 @@ def test_dry_run_on_every_profile_from_another_directory(installed, cluster, tmp
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump({**TRAIN_YAML, "model_name_or_path": "/models/m"}))
     env = {"PATH": f"{installed}:/usr/bin:/bin", "HOME": str(tmp_path)}
     result = _run([installed / "hpc-launch", "--cluster", cluster, "--train_config_path", "sft.yaml", "--dry_run",
-                   "--account", "proj", "--no-validate", "--experiments_dir", tmp_path / "exp", "--job_name", "pkg"],
+                   "--no-validate", "--experiments_dir", tmp_path / "exp", "--job_name", "pkg"],
                    cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     launch = yaml.safe_load((tmp_path / "exp" / "pkg" / "configs" / "launch.yaml").read_text())

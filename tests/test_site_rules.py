@@ -125,8 +125,10 @@ def test_other_clusters_keep_export_none(train_yaml, tmp_path):
 @pytest.mark.parametrize("cluster", ["jureca", "juwels", "jupiter", "frontier", "nyutorch"])
 def test_account_required_refuses_a_launch_without_account(train_yaml, tmp_path, cluster):
     with pytest.raises(LaunchError, match=rf"^{cluster} runs no job without an account: pass --account PROJECT"):
-        _plan(train_yaml, tmp_path, cluster)
+        _plan(train_yaml, tmp_path, cluster, dry_run=False)
     assert "#SBATCH --account=proj1\n" in script(_plan(train_yaml, tmp_path, cluster, account="proj1"), "train")
+    preview = _plan(train_yaml, tmp_path, cluster)  # a dry run previews, and says what the real launch needs
+    assert f"{cluster} runs no job without an account: the real launch needs --account PROJECT" in preview.notes
 
 
 def test_account_from_the_profile_is_enough(train_yaml, tmp_path, user_profiles):
@@ -134,7 +136,7 @@ def test_account_from_the_profile_is_enough(train_yaml, tmp_path, user_profiles)
     assert "#SBATCH --account=lab\n" in script(_plan(train_yaml, tmp_path, "budget"), "train")
     user_profiles("nobudget", account_required=True, account=None)
     with pytest.raises(LaunchError, match="--account"):
-        _plan(train_yaml, tmp_path, "nobudget")
+        _plan(train_yaml, tmp_path, "nobudget", dry_run=False)
 
 
 def test_nyutorch_gives_a_job_at_most_3_nodes():
