@@ -5,9 +5,13 @@ from collections.abc import Callable
 
 
 class LaunchError(Exception):
-    """Bad input: the message names the problem and the fix."""
+    """Bad input: the message names the problem and the fix, always on one line (a user value with a line
+    break in it is shown escaped)."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class SlurmError(LaunchError):

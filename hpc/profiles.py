@@ -144,7 +144,7 @@ def _parse_partitions(raw: object, where: str) -> dict[str, PartitionLimits]:
     for name, entry in raw.items():
         at = f"{where}: partitions.{name}"
         if not isinstance(name, str) or not _SBATCH_SAFE.fullmatch(name):
-            raise LaunchError(f"{at}: not a partition name sbatch can take")
+            raise LaunchError(f"{where}: partition name {name!r} is not one sbatch can take")
         if not isinstance(entry, dict) or set(entry) - set(_PARTITION_KEYS):
             raise LaunchError(f"{at}: must be a mapping with keys among {', '.join(_PARTITION_KEYS)}")
         max_nodes, max_time = entry.get("max_nodes"), entry.get("max_time")

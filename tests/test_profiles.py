@@ -68,6 +68,7 @@ def test_wrong_type_names_file_and_key(tmp_path, key, value, expected):
         ({"partition": "gpu --qos=high"}, "key 'partition' has characters sbatch cannot take"),
         ({"hostname_patterns": ["login[0-9"]}, "is not a valid regex"),
         ({"master_addr_suffix": "i; rm"}, "master_addr_suffix"),
+        ({"partitions": {"gpu\n": {"max_nodes": 2}}}, r"partition name 'gpu\\n' is not one sbatch can take$"),
     ],
 )
 def test_bad_values_are_refused(tmp_path, changes, expected):

@@ -50,9 +50,13 @@ def test_pending_chain_and_held_array_status_list_and_cancel(launch, tmp_path, h
     assert train.returncode == 0 and array.returncode == 0, train.stderr + array.stderr
     pend, arr = launch.experiments / "pend", launch.experiments / "arr"
 
+    # squeue gives a reason only once the scheduler has looked at the job (a moment after sbatch): poll for it
+    wait_for(lambda: "pending: Dependency" in run_cli("status", str(pend)).stdout, 30, "the train's pending reason")
     status = run_cli("status", str(pend))
     assert status.returncode == 3, status.stdout + status.stderr  # still running (pending)
     assert "PENDING" in status.stdout and "pending: Dependency" in status.stdout
+    wait_for(lambda: json.loads(run_cli("status", str(arr), "--json").stdout)["jobs"][0]["reason"], 30,
+             "the array's pending reason")
     as_json = json.loads(run_cli("status", str(arr), "--json").stdout)
     (traces,) = as_json["jobs"]
     assert as_json["exit_code"] == 3 and traces["tasks"] == {"PENDING": 5} and traces["reason"] == "pending: Dependency"
