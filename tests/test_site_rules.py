@@ -215,7 +215,7 @@ def _write(tmp_path, **changes):
     ({"partitions": {"gpu": {"time_by_nodes": [91, "02:00:00"]}}}, r"must be a list of \[up to N nodes, max time\]"),
     ({"partitions": {"gpu": {"max_time": "24:00:00"}}}, "contradicts max_time 12:00:00 of the default partition"),
     ({"partitions": {"cpu": {"max_nodes": 3}}}, r"partitions\.cpu\.max_nodes exceeds max_nodes 2"),
-    ({"partitions": {"gpu x": {}}}, "not a partition name sbatch can take"),
+    ({"partitions": {"gpu x": {}}}, "is not one sbatch can take"),
     ({"gpu_types": {"big": ["--constraint=big"]}}, "key 'gpu_type' must name the default of gpu_types"),
     ({"gpu_types": {"big": "--constraint=big"}}, "key 'gpu_types' must be dict"),
     ({"export_none": "no"}, "key 'export_none' must be bool"),
