@@ -8,11 +8,12 @@ carries one (a URL with a password, a PEM key) is refused with the way out: your
 from __future__ import annotations
 
 import io
+import os
 import re
 import stat
 from pathlib import Path
 
-from hpc import data_dir
+from hpc import cache, data_dir
 from hpc.errors import LaunchError
 from hpc.readers import read_text
 
@@ -71,11 +72,41 @@ def _check_raw(path: Path, key: str | None, raw: str | None, line: int) -> str:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Read a starter pack with python-dotenv; ${VAR} and ${VAR:-default} see the login environment."""
+    """Read a starter pack with python-dotenv; ${VAR} and ${VAR:-default} see the login environment.
+
+    What a pack holds is kept in hpc-launch's cache (hpc.cache) with what it was read from (its text, the login
+    values it interpolates, this checker and python-dotenv), so an unchanged pack is not parsed again: importing
+    python-dotenv, and the logging it imports, is a tenth of a launch."""
+    from urllib.parse import quote
+
+    text = read_text(path, "dotenv file", "pass --dotenv FILE or fix the profile's dotenv")
+    folder = cache.directory("dotenv")
+    entry = folder / f"{quote(str(path), safe='')}.json" if folder else None
+    source = _source(text)
+    cached = cache.read_json(entry) if entry else None
+    if isinstance(cached, dict) and cached.get("source") == source and isinstance(cached.get("values"), dict):
+        return cached["values"]
+    values = _parse(path, text)
+    if entry:
+        cache.write_json(entry, {"source": source, "values": values})
+    return values
+
+
+def _source(text: str) -> list:
+    """What a pack's values follow from, as JSON holds it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("dotenv")
+    code = [Path(__file__), Path(spec.origin).with_name("main.py") if spec and spec.origin else None]
+    stamps = [[st.st_mtime_ns, st.st_size] for st in (p.stat() for p in code if p and p.exists())]
+    interpolated = {name: os.environ.get(name) for name in sorted(set(_INTERPOLATION.findall(text)))}
+    return [text, interpolated, stamps]
+
+
+def _parse(path: Path, text: str) -> dict[str, str]:
     from dotenv import dotenv_values
     from dotenv.parser import parse_stream
 
-    text = read_text(path, "dotenv file", "pass --dotenv FILE or fix the profile's dotenv")
     for binding in parse_stream(io.StringIO(text)):
         if binding.key is not None or binding.error:
             _check_raw(path, binding.key, binding.value, binding.original.line)

@@ -51,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hpc-launch", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Turn ML work into SLURM jobs on this cluster.\n\nAfter a launch: hpc-launch list | status "
                             "EXPERIMENT | logs EXPERIMENT [JOB] | cancel EXPERIMENT [JOB] | retry EXPERIMENT "
-                            "(hpc-launch VERB --help)")
+                            "(hpc-launch VERB --help)\nClouds (SkyPilot): hpc-launch providers [NAME] [--check] | "
+                            "ssh-pool POOL --host H ...")
     p.add_argument("--version", action="version", version=f"hpc-launch {__version__}")
     for cls in GROUPS:
         hints = typing.get_type_hints(cls)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
-import subprocess
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,15 +288,21 @@ def match_cluster(
     return None
 
 
+@functools.cache
+def slurm_config() -> str:
+    """`scontrol show config` as text (asked once per process), or "" where SLURM is not reachable."""
+    import subprocess
+
+    try:
+        return subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=15,
+                              check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def slurm_cluster_name() -> str | None:
     """ClusterName from `scontrol show config`, or None where SLURM is not reachable."""
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=15, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"^ClusterName\s*=\s*(\S+)", out, re.MULTILINE)
+    match = re.search(r"^ClusterName\s*=\s*(\S+)", slurm_config(), re.MULTILINE)
     return match.group(1) if match else None
 
 

@@ -1,10 +1,15 @@
-"""`hpc-launch VERB ...`: what comes after a launch, for any backend (the manifest names it).
+"""`hpc-launch VERB ...`: what comes after a launch, for any backend (the manifest names it); and SkyPilot set-up.
 
     hpc-launch list [--experiments_dir D]        one line per experiment, newest first
     hpc-launch status EXPERIMENT [--wait] [--json] exit 0 all completed, 1 any failed or cancelled, 3 running
     hpc-launch logs EXPERIMENT [JOB] [--task N] [-f]
     hpc-launch cancel EXPERIMENT [JOB]
     hpc-launch retry EXPERIMENT [--wait]
+
+SkyPilot infras (hpc-launch[cloud]):
+    hpc-launch providers [NAME] [--check]        the infras, NAME's set-up steps; --check: SkyPilot's credential check
+    hpc-launch ssh-pool POOL --host H [--host H ...] --user U --identity_file KEY [--replace] [--file F]
+                                                 machines you can ssh to, as SkyPilot's SSH node pool ssh/POOL
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from hpc.errors import run_reporting
 
-VERBS = ("list", "status", "logs", "cancel", "retry")
+VERBS = ("list", "status", "logs", "cancel", "retry", "providers", "ssh-pool")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +44,12 @@ def _action(verb: str, p: argparse.ArgumentParser) -> Callable[[argparse.Namespa
     if verb == "cancel":
         experiments.add_cancel_arguments(p)
         return lambda a: lambda: experiments.cancel(a.experiment_dir, a.job)
+    if verb in ("providers", "ssh-pool"):
+        from hpc.backends.skypilot import pools, providers
+
+        module = providers if verb == "providers" else pools
+        module.add_arguments(p)
+        return lambda a: lambda: module.run(a)
     retry.add_arguments(p)
     return lambda a: lambda: retry.retry(a.experiment_dir, a.wait)
 

@@ -10,13 +10,14 @@
 #     --purge   also drop the accounting DB and the slurmctld/slurmd state (job ids restart at 1).
 #   status      show the daemons and sinfo; exit 0 if the cluster is up and every node usable.
 #
-# Cluster: partition gpu = gpu1..N (fake GPUs, Gres=gpu:4, MaxTime 12:00:00), partition cpu =
-# cpu1..M (default, MaxTime 1-00:00:00); each node CPUs=4 RealMemory=8000. Accounting is enforced:
-# account testacct (users root..., their default), QOS normal (default) and debug (MaxWall 00:30:00,
-# DenyOnLimit), so a bad --account/--qos or too-long --time is rejected at submit.
+# Cluster: partition gpu = gpu1..N (fake GPUs, Gres=gpu:h100:4, MaxTime 12:00:00), partition cpu =
+# cpu1..M (default, MaxTime 1-00:00:00); each node CPUs=4 RealMemory=16384 (SkyPilot asks 16 GB per GPU).
+# Accounting is enforced: account testacct (users root..., their default), QOS normal (default) and
+# debug (MaxWall 00:30:00, DenyOnLimit), so a bad --account/--qos or too-long --time is rejected at submit.
 # Settings (environment), with defaults:
 #   LOCAL_SLURM_GPU_NODES=2 LOCAL_SLURM_CPU_NODES=1 LOCAL_SLURM_GPUS_PER_NODE=4
-#   LOCAL_SLURM_NODE_CPUS=4 LOCAL_SLURM_NODE_MEM_MB=8000 LOCAL_SLURM_USERS=root
+#   LOCAL_SLURM_GPU_TYPE=h100 (the GRES type: typed GRES as real sites have; `--gres=gpu:N` takes any)
+#   LOCAL_SLURM_NODE_CPUS=4 LOCAL_SLURM_NODE_MEM_MB=16384 LOCAL_SLURM_USERS=root
 #   LOCAL_SLURM_PORT=6817 (slurmctld; slurmdbd +2, node i +4+i)  LOCAL_SLURM_SMOKE=1 (srun smoke
 #   test after a (re)start; 0 disables it)
 # Logs: /var/log/slurm/*.log and /var/log/local-slurm/ (apt, daemon stdout/stderr). Run as root.
@@ -24,8 +25,8 @@ set -Eeuo pipefail
 export LC_ALL=C DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
 GPU_NODES=${LOCAL_SLURM_GPU_NODES:-2}  CPU_NODES=${LOCAL_SLURM_CPU_NODES:-1}
-GPUS=${LOCAL_SLURM_GPUS_PER_NODE:-4}   NODE_CPUS=${LOCAL_SLURM_NODE_CPUS:-4}
-NODE_MEM=${LOCAL_SLURM_NODE_MEM_MB:-8000} USERS=${LOCAL_SLURM_USERS:-root} SMOKE=${LOCAL_SLURM_SMOKE:-1}
+GPUS=${LOCAL_SLURM_GPUS_PER_NODE:-4}   NODE_CPUS=${LOCAL_SLURM_NODE_CPUS:-4}  GPU_TYPE=${LOCAL_SLURM_GPU_TYPE:-h100}
+NODE_MEM=${LOCAL_SLURM_NODE_MEM_MB:-16384} USERS=${LOCAL_SLURM_USERS:-root} SMOKE=${LOCAL_SLURM_SMOKE:-1}
 PORT=${LOCAL_SLURM_PORT:-6817} CLUSTER=local ACCOUNT=testacct DB=slurm_acct_db
 RUN=/run/local-slurm LOG=/var/log/local-slurm SLOG=/var/log/slurm ETC=/etc/slurm LIB=/var/lib/slurm
 GPUDIR=/var/lib/local-slurm/gpus MYCNF=/etc/mysql/mariadb.conf.d/90-local-slurm.cnf
@@ -176,8 +177,8 @@ write_configs() {
           touch "$GPUDIR/$n/nvidia$g"
           ((warned++)) || log "WARNING: mknod not permitted: fake GPUs are plain files, jobs get no CUDA_VISIBLE_DEVICES"; }
       done
-      nodes+=" Gres=gpu:$GPUS"; gpu_list+=${gpu_list:+,}$n
-      gres+=$'\n'"NodeName=$n Name=gpu File=$GPUDIR/$n/nvidia[0-$((GPUS - 1))]"
+      nodes+=" Gres=gpu:$GPU_TYPE:$GPUS"; gpu_list+=${gpu_list:+,}$n
+      gres+=$'\n'"NodeName=$n Name=gpu Type=$GPU_TYPE File=$GPUDIR/$n/nvidia[0-$((GPUS - 1))]"
     else cpu_list+=${cpu_list:+,}$n; fi
     nodes+=$'\n'; i=$((i + 1))
   done
@@ -214,7 +215,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 AccountingStorageEnforce=associations,limits,qos
-AccountingStorageTRES=gres/gpu
+AccountingStorageTRES=gres/gpu,gres/gpu:$GPU_TYPE
 AccountingStoreFlags=job_comment,job_script
 JobAcctGatherType=jobacct_gather/linux
 ${nodes}${gpu_list:+PartitionName=gpu Nodes=$gpu_list MaxTime=12:00:00 State=UP
@@ -345,6 +346,7 @@ cmd_up() {
   local v; for v in GPU_NODES CPU_NODES GPUS NODE_CPUS NODE_MEM PORT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number (got '${!v}')"; done
   ((GPUS > 0 && NODE_CPUS > 0 && ${#NODES[@]} > 0)) || die "need at least one node, one GPU per gpu node and one CPU"
+  [[ $GPU_TYPE =~ ^[a-z0-9_-]+$ ]] || die "LOCAL_SLURM_GPU_TYPE must be a lower-case GRES type such as h100 (got '$GPU_TYPE')"
   lock
   install_packages
   # slurmctld must resolve its own name, and slurmdbd's DbdHost is localhost

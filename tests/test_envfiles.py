@@ -25,6 +25,31 @@ def test_dotenv_interpolates_login_env_defaults_and_earlier_keys(tmp_path, monke
     }
 
 
+def test_an_unchanged_pack_is_read_from_the_cache_until_its_text_or_a_login_value_changes(tmp_path, monkeypatch):
+    from hpc import envfiles
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCRATCH", "/scratch/a")
+    path = tmp_path / "c.env"
+    path.write_text("BASE=${SCRATCH}/proj\n")
+    assert read_dotenv(path) == {"BASE": "/scratch/a/proj"}
+    parse = envfiles._parse
+    parsed = []
+    monkeypatch.setattr(envfiles, "_parse", lambda *a: parsed.append(a[1]) or parse(*a))
+    assert read_dotenv(path) == {"BASE": "/scratch/a/proj"} and parsed == []  # from the cache
+    monkeypatch.setenv("SCRATCH", "/scratch/b")  # a login value it interpolates changed
+    assert read_dotenv(path) == {"BASE": "/scratch/b/proj"} and len(parsed) == 1
+    monkeypatch.setenv("UNRELATED", "x")  # a login value it does not use: still cached
+    assert read_dotenv(path) == {"BASE": "/scratch/b/proj"} and len(parsed) == 1
+    path.write_text("BASE=${SCRATCH}/other\n")  # its text changed
+    assert read_dotenv(path) == {"BASE": "/scratch/b/other"} and len(parsed) == 2
+    path.write_text("HF_TOKEN=x\n")  # a refusal is never cached
+    for _ in range(2):
+        with pytest.raises(LaunchError, match="looks like a secret"):
+            read_dotenv(path)
+    assert len(parsed) == 4 and len(list((tmp_path / "cache" / "hpc-launch" / "dotenv").iterdir())) == 1
+
+
 @pytest.mark.parametrize("key", ["HF_TOKEN", "WANDB_API_KEY", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY",
                                  "SUPABASE_SERVICE_ROLE_KEY", "OPENAI_KEY", "CLIENT_SECRET", "GH_PAT", "AUTH",
                                  "GOOGLE_APPLICATION_CREDENTIALS", "HFTOKEN", "DB_PASS", "SESSION_COOKIE"])

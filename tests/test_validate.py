@@ -185,3 +185,12 @@ def test_bad_input_reaches_no_slurm_command_even_with_validate(slurm, train_yaml
     result = _launch(tmp_path, "--train_config_path", str(train_yaml), "--validate", "--num_nodes", "0")
     assert result.returncode == 2 and "--num_nodes must be at least 1" in result.stderr
     assert slurm.calls() == [] and not (tmp_path / "exp").exists()
+
+
+def test_detection_and_validation_ask_for_the_config_once(slurm, train_yaml, tmp_path):
+    result = run_cli("--experiments_dir", str(tmp_path / "exp"), "--job_name", "v", "--train_config_path",
+                     str(train_yaml), "--dry_run", env={"PATH": os.environ["PATH"],
+                                                         "FAKE_CLUSTER": os.environ["FAKE_CLUSTER"]})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("hpc-launch: cluster local, ")  # detected from the controller's ClusterName
+    assert slurm.calls() == ["scontrol show config", "sbatch --test-only"]

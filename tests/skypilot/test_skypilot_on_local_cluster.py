@@ -167,3 +167,34 @@ def test_two_node_train_then_consolidate_and_eval_on_one_cluster(sky, tmp_path):
     assert "node rank 0 of 2" in log and "node rank 1 of 2" in log and "train_loss" in log
     assert json.loads((exp / "tr" / "eval" / "results.json").read_text())["examples"] > 0
     assert slurm_jobs_of("hpc-tr") == []
+
+
+def _allocations(cluster: str) -> list[str]:
+    """AllocTRES of the SLURM jobs SkyPilot ran for `cluster` today (accounting keeps them after the end)."""
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-a", "-S", "now-1days", "-o", "JobName,AllocTRES"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split("|", 1)[1] for line in out.splitlines() if line.split("|", 1)[0].startswith(cluster)]
+
+
+def test_gpu_task_gets_typed_gpus_then_a_timeout_cancels_it_and_down_leaves_nothing(sky, tmp_path):
+    """H100:1 lands on the local cluster's typed GRES (gpu:h100); a second job on that cluster outlives
+    --timeout_minutes, is cancelled, and --down tears the cluster down."""
+    exp = tmp_path / "exp"
+    gpu = sky.launch("--job_type", "run", "--command", 'echo "gpus per node: $SKYPILOT_NUM_GPUS_PER_NODE"',
+                     "--workdir", str(tmp_path), "--accelerator", "H100:1", "--cloud-provider",
+                     "slurm/localslurm/gpu", "--cluster-name", "hpc-e2e-gpu", "--experiments_dir", str(exp),
+                     "--job_name", "gpu")
+    assert gpu.returncode == 0, gpu.stdout[-3000:] + gpu.stderr
+    assert "gpus per node: 1" in "".join(p.read_text() for p in (exp / "gpu" / "logs").glob("*.out"))
+    assert any("gres/gpu:h100=1" in tres for tres in _allocations("hpc-e2e-gpu")), _allocations("hpc-e2e-gpu")
+
+    started = time.monotonic()
+    slow = sky.launch("--job_type", "run", "--command", "echo started; sleep 600", "--workdir", str(tmp_path),
+                      "--cluster-name", "hpc-e2e-gpu", "--timeout_minutes", "0.75", "--down",
+                      "--experiments_dir", str(exp), "--job_name", "slow")
+    assert slow.returncode == 1, slow.stdout[-3000:] + slow.stderr
+    assert time.monotonic() - started < 300  # not the 600 s the command asked for
+    job = manifest(exp / "slow")["jobs"][0]
+    assert job["state"] == "TIMEOUT" and job["reason"] == "cancelled after --timeout_minutes 0.75", job
+    assert "reusing SkyPilot cluster hpc-e2e-gpu" in slow.stdout and "tearing down hpc-e2e-gpu" in slow.stdout
+    assert slurm_jobs_of("hpc-e2e-gpu") == []

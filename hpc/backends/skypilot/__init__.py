@@ -1,7 +1,7 @@
 """The SkyPilot backend: each job becomes a SkyPilot task (sky/<job>.yaml in the experiment), run one after another on
 one cluster: launched (or exec'd when --cluster-name is up), followed to the end with its log streamed, its outputs
-synced back and, with --down, the cluster torn down however the launch ends. SkyPilot itself is imported only by
-lifecycle.py, on first use.
+synced back and, with --down, the cluster torn down however the launch ends. SkyPilot itself is imported only on
+first use: by lifecycle.py, and by the providers and ssh-pool verbs (providers.py, pools.py).
 
 Job ids are `<cluster>/<SkyPilot job id>`; a job of a cluster that is gone keeps the state recorded at launch.
 """

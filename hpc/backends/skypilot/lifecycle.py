@@ -40,11 +40,11 @@ class Interrupted(SlurmError):
     exit_code = 130
 
 
-def sky() -> Any:
+def sky(needed_by: str = "--backend skypilot") -> Any:
     try:
         import sky as module
     except ImportError:
-        raise LaunchError("--backend skypilot needs SkyPilot: pip install 'hpc-launch[cloud]'") from None
+        raise LaunchError(f"{needed_by} needs SkyPilot: pip install 'hpc-launch[cloud]'") from None
     return module
 
 

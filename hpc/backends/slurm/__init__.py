@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from dataclasses import replace
 from pathlib import Path
 
 from hpc.backends import JobStatus, Materialized
-from hpc.backends.slurm import accounting as acct
 from hpc.backends.slurm import commands as cmd
 from hpc.backends.slurm.script import render
 from hpc.context import Limits
@@ -20,12 +19,19 @@ from hpc.errors import LaunchError, SlurmError
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.spec import PROGRAMS, Dependency, Plan
 
+if TYPE_CHECKING:
+    import subprocess
+
+    from hpc.backends.slurm import accounting as acct
+
 
 #: Seconds any SLURM command may take before the launcher gives up on it.
 TIMEOUT = float(os.environ.get("HPC_LAUNCH_SLURM_TIMEOUT", "60"))
 
 
 def run(argv: list[str], timeout: float | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     timeout = TIMEOUT if timeout is None else timeout
     try:
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
@@ -43,10 +49,10 @@ class Backend:
         """MaxArraySize from `scontrol show config` (SLURM's default in a dry run, which asks SLURM nothing)."""
         if dry_run:
             return Limits(max_array_size=cmd.DEFAULT_MAX_ARRAY_SIZE)
-        proc = run(["scontrol", "show", "config"])
-        match = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
-        return Limits(max_array_size=int(match.group(1)) if proc.returncode == 0 and match
-                      else cmd.DEFAULT_MAX_ARRAY_SIZE)
+        from hpc.profiles import slurm_config
+
+        match = re.search(r"^MaxArraySize\s*=\s*(\d+)", slurm_config(), re.MULTILINE)
+        return Limits(max_array_size=int(match.group(1)) if match else cmd.DEFAULT_MAX_ARRAY_SIZE)
 
     def materialize(self, plan: Plan) -> Materialized:
         scripts = {job.key: f"{PROGRAMS}/{job.key}.sbatch" for job in plan.jobs}
@@ -126,6 +132,8 @@ class Backend:
             time.sleep(0.5)
 
     def _rows(self, ids: list[str], arrays: dict[str, int]) -> dict[str, acct.Row]:
+        from hpc.backends.slurm import accounting as acct
+
         proc = run(acct.sacct_argv(ids))
         if proc.returncode != 0:
             raise SlurmError(f"sacct failed: {cmd.slurm_message(proc.stdout, proc.stderr, proc.returncode)}")
