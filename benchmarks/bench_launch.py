@@ -178,7 +178,7 @@ def main() -> None:
         print(f"  {'  first run, empty hpc-launch cache':<44} {cold[0] * 1e3:8.1f} {cold[1] * 1e3:8.1f} "
               f"{cold[2] / 1024:8.1f}   {cold[0] / base.median(0):5.2f}x {cold[1] / base.median(1):5.2f}x  "
               "(once per LLaMA-Factory install)")
-        print(login.row(base, note="(+ scontrol twice, sbatch --test-only)"))
+        print(login.row(base, note="(+ scontrol once, sbatch --test-only)"))
         for n, case in dg.items():
             print(case.row(base, "<= 2x" if n == 10_000 else "", f"experiment {sizes[n] / 1024:.1f} KB"
                            + (" (target < 200 KB)" if n == 10_000 else "")))

@@ -22,14 +22,14 @@ from hpc.timefmt import format_time, parse_time
 PRIVATE_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Limits:
     """What the backend allows, asked once per launch (defaults in a dry run)."""
 
     max_array_size: int = 1001
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Context:
     profile: ClusterProfile
     env: dict[str, str]  # exported by every job (no secrets: those are sourced by path)
@@ -207,7 +207,7 @@ def _gpu_type(p: ClusterProfile, asked: str | None) -> str | None:
     return match if p.gpu_types else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Launch:
     """One launch: its options, shared context, job name and experiment directory; the builders' one argument."""
 

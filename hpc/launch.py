@@ -21,14 +21,34 @@ from hpc.options import GROUPS, LaunchOptions
 
 
 class _Parser(argparse.ArgumentParser):
+    """Options are --snake_case; their --kebab-case spellings are rewritten before parsing, so that --help lists
+    each option once and the parser holds one action per option."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        words = list(sys.argv[1:] if args is None else args)
+        end = words.index("--") if "--" in words else len(words)
+        return super().parse_known_args([_snake(w, self._option_string_actions) for w in words[:end]] + words[end:],
+                                        namespace)
+
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add(group: argparse._ActionsContainer, f, hints: Mapping[str, object]) -> None:
-    """One option as --snake_case; --kebab-case is accepted too, without a second line in --help."""
+def _snake(word: str, options: Mapping[str, object]) -> str:
+    """--kebab-case[=V] (and --no-kebab-case) as the option it spells; anything else as it is."""
+    if not word.startswith("--") or "-" not in word[2:].partition("=")[0]:
+        return word
+    name, eq, value = word[2:].partition("=")
+    for prefix in ("", "no-"):
+        if name.startswith(prefix) and (spelled := f"--{prefix}{name[len(prefix):].replace('-', '_')}") in options:
+            return spelled + eq + value
+    return word
+
+
+def _add(group: argparse._ActionsContainer, f) -> None:
+    """One option, --snake_case (options.py evaluates its annotations: f.type is the type)."""
     spec = dict(f.metadata.get("argparse", {}))
-    kind = hints[f.name]
+    kind = f.type
     kwargs: dict[str, object] = {"dest": f.name, "help": f.metadata.get("help")}
     if spec.pop("optional_bool", False):  # --x / --no-x (for bool, or bool | None with None = automatic)
         kwargs.update(action=argparse.BooleanOptionalAction, default=None)
@@ -39,12 +59,6 @@ def _add(group: argparse._ActionsContainer, f, hints: Mapping[str, object]) -> N
                       default=None)
     kwargs.update(spec)
     group.add_argument(f"--{f.name}", **kwargs)  # type: ignore[arg-type]
-    if "_" in f.name:
-        alias = f"--{f.name.replace('_', '-')}"
-        hidden = {**kwargs, "help": argparse.SUPPRESS}
-        if kwargs.get("action") is argparse.BooleanOptionalAction:
-            hidden["action"] = argparse.BooleanOptionalAction
-        group.add_argument(alias, **hidden)  # type: ignore[arg-type]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,15 +69,14 @@ def parser() -> argparse.ArgumentParser:
                             "ssh-pool POOL --host H ...")
     p.add_argument("--version", action="version", version=f"hpc-launch {__version__}")
     for cls in GROUPS:
-        hints = typing.get_type_hints(cls)
         group = p.add_argument_group(cls.__doc__)
         for f in fields(cls):
             if f.name == "job_type":
-                group.add_argument("--job_type", "--job-type", dest="job_type", choices=tuple(JOB_TYPES), default=None,
+                group.add_argument("--job_type", dest="job_type", choices=tuple(JOB_TYPES), default=None,
                                    help="what to launch: " + "; ".join(f"{t.name}: {t.help}" for t in JOB_TYPES.values())
                                    + " (default: train)")
             else:
-                _add(group, f, hints)
+                _add(group, f)
     return p
 
 

@@ -33,7 +33,7 @@ RETIRED = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PartitionLimits:
     """One partition's limits (profile key `partitions`); None is a limit the profile does not know."""
 
@@ -51,7 +51,7 @@ class PartitionLimits:
         return self.max_time, first, self.max_nodes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClusterProfile:
     """What the launcher needs to know about one cluster (see cluster_profiles/README.md)."""
 

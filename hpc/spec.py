@@ -7,7 +7,7 @@ submissions. Nothing here knows how a scheduler spells anything.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hpc.errors import LaunchError
@@ -21,6 +21,20 @@ _JOB_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_JOB_NAME - 1}}}")
 #: The longest suffix a launch adds to its name for one of its jobs (<name>_consolidate).
 LONGEST_SUFFIX = len("_consolidate")
 _EXTERNAL_DEP = re.compile(r"(after|afterok|afterany|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?)+")
+
+
+def record(cls: type) -> type:
+    """The decorator of everything here: an immutable dataclass, compared by identity (a launch never compares two),
+    with one shared __repr__: the __eq__, __hash__ and __repr__ dataclass would generate per class cost every start of
+    the CLI time to compile."""
+    cls = dataclass(frozen=True, eq=False, repr=False)(cls)
+    cls.__repr__ = _repr  # type: ignore[method-assign]
+    return cls
+
+
+def _repr(self: object) -> str:
+    shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)  # type: ignore[arg-type]
+    return f"{type(self).__name__}({shown})"
 
 
 def check_job_name(name: str) -> str:
@@ -42,7 +56,7 @@ def default_job_name(stem: str, kind: str = "", fallback: str = "job") -> str:
     return f"{clean[:MAX_JOB_NAME - LONGEST_SUFFIX - len(tail)].rstrip('-.') or fallback}{tail}"
 
 
-@dataclass(frozen=True)
+@record
 class Dependency:
     """`kind` (after, afterok, afterany, ...) on another job of this launch (`job`) or an existing one (`external`)."""
 
@@ -69,7 +83,7 @@ def parse_dependency(text: str) -> list[Dependency]:
     return deps
 
 
-@dataclass(frozen=True)
+@record
 class Resources:
     """What one job asks for, already checked against the cluster profile."""
 
@@ -84,7 +98,7 @@ class Resources:
     gpu_type: str | None = None  # a name from the profile's gpu_types; the backend turns it into node constraints
 
 
-@dataclass(frozen=True)
+@record
 class Tunnel:
     """An SSH SOCKS tunnel from the job's first node to a host with internet, used through proxychains4."""
 
@@ -92,7 +106,7 @@ class Tunnel:
     direct: list[tuple[str, str]]  # (network, netmask) pairs reached directly
 
 
-@dataclass(frozen=True)
+@record
 class Prelude:
     """The job's environment before its body runs."""
 
@@ -103,7 +117,7 @@ class Prelude:
     workdir: Path
 
 
-@dataclass(frozen=True)
+@record
 class Command:
     """Run one command (consolidate, eval, sync, cleanup)."""
 
@@ -111,7 +125,7 @@ class Command:
     make_dirs: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record
 class Train:
     """torchrun of `entrypoint CONFIG` on every node, resuming from the newest checkpoint after a restart."""
 
@@ -124,7 +138,7 @@ class Train:
     summary_script: str
 
 
-@dataclass(frozen=True)
+@record
 class Server:
     """An inference server: started, health-checked, then its endpoint JSON (model_name, endpoint_url)
     published to endpoint_file."""
@@ -137,7 +151,7 @@ class Server:
     helper: str
 
 
-@dataclass(frozen=True)
+@record
 class Stage:
     """A generator stage: tasks once, or traces per array task (a chunk of the task list, as a directory of
     symlinks). `command` is the generator's argv up to the per-job arguments; `extra` goes last."""
@@ -158,7 +172,7 @@ class Stage:
     jobs_dir: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Cancel:
     """Cancel other jobs of the launch (by key), e.g. an inference server once the work is done."""
 
@@ -171,7 +185,7 @@ PORT = "\0PORT\0"
 Body = Command | Train | Server | Stage | Cancel
 
 
-@dataclass(frozen=True)
+@record
 class Array:
     """Tasks of a job array: indices, at most `parallel` running at once."""
 
@@ -184,7 +198,7 @@ class Array:
         return len(self.indices)
 
 
-@dataclass(frozen=True)
+@record
 class Job:
     """One job of a launch."""
 
@@ -199,7 +213,7 @@ class Job:
     requeue: bool = False  # restartable after a time limit or preemption (Train counts the restarts)
 
 
-@dataclass(frozen=True)
+@record
 class Step:
     """One job, the files it needs and where it leaves a model (for the next step to find)."""
 
@@ -211,7 +225,7 @@ class Step:
     deferred: dict[str, list] = field(default_factory=dict)  # uploads that need the internet later
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """Everything a launch writes and submits, computed before anything is written."""
 

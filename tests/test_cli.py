@@ -63,11 +63,13 @@ def test_malformed_yaml(tmp_path, fake_slurm):
         (["--time_limit", "soon"], "is not a SLURM time"),
         (["--num_nodes", "0"], "--num_nodes must be at least 1"),
         (["--num_nodes", "two"], "argument --num_nodes: invalid int value"),
-        (["--num-nodes", "two"], "argument --num-nodes: invalid int value"),
+        (["--num-nodes", "two"], "argument --num_nodes: invalid int value"),  # the dashed spelling is the same option
+        (["--no-wait"], "unrecognized arguments: --no-wait"),  # --wait is a switch, not --x/--no-x
+        (["--dry-run=yes"], "argument --dry_run: ignored explicit argument 'yes'"),
         (["--dry"], "unrecognized arguments: --dry"),  # no abbreviations
         (["--gpus_per_node", "8"], "--gpus_per_node 8 is not possible on local"),
         (["--time_limit", "2-00:00:00"], "exceeds the 12:00:00 limit of partition gpu on local"),
-        (["--job_type", "nosuch"], "argument --job_type/--job-type: invalid choice"),
+        (["--job_type", "nosuch"], "argument --job_type: invalid choice"),
         (["--eval_model", "m", "--eval_tasks", "t"], "--eval_model is for --job_type eval"),
         (["--consolidate"], "the train config has no 'deepspeed' key"),
         (["--job_type", "consolidate", "--consolidate_input", "/no/such/ckpt"], "--consolidate_input: /no/such/ckpt does not exist"),

@@ -36,7 +36,7 @@ class JobStatus:
     failed_tasks: tuple[int, ...] = ()  # arrays: task ids that ended without completing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Materialized:
     """What a backend makes of a plan before anything is submitted: files to write, and per job its
     script and (with <key> placeholders for ids not known yet) the command that will submit it."""

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from hpc.spec import Plan
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class JobType:
     name: str
     help: str

@@ -32,7 +32,7 @@ TEMPLATES = {Command: "command.sbatch.j2", Cancel: "cancel.sbatch.j2", Train: "t
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:+=@%/~&|!*()\[\]-]+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SbatchHeader:
     """The #SBATCH lines of one job (rendered by templates/base.sbatch.j2)."""
 
