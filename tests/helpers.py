@@ -29,6 +29,14 @@ TRAIN_YAML = {
 }
 
 
+def interruptible() -> None:
+    """preexec_fn of a child that a test stops with SIGINT, as Ctrl-C would: a background job of a shell (`pytest &`)
+    starts with SIGINT ignored, and a Python child would inherit that and never see the interrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def local_profile_data(**changes) -> dict:
     data = yaml.safe_load((ROOT / "cluster_profiles" / "local.yaml").read_text())
     data.update(changes)

@@ -17,7 +17,7 @@ import yaml
 
 from hpc import ROOT
 
-from helpers import TINY_YAML, log_text, manifest, run_cli, train_output, wait_for
+from helpers import TINY_YAML, interruptible, log_text, manifest, run_cli, train_output, wait_for
 
 pytestmark = pytest.mark.slurm
 EVAL_DATA = str(ROOT / "build" / "tiny" / "data" / "tiny_eval.json")
@@ -113,10 +113,10 @@ exec {real} "$@"
     exp = launch.experiments / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "hpc.launch", "status", str(exp), "--wait"], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     time.sleep(4)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=90)  # at once on a quiet machine; a loaded CI runner may lag
+    out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert f"the jobs keep running. Follow them with: hpc-launch status {exp} --wait" in err
     job_id = manifest(exp)["jobs"][0]["job_id"]

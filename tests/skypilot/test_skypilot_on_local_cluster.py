@@ -18,6 +18,7 @@ import yaml
 from hpc import ROOT
 
 from conftest import cloud_python, run_cloud, slurm_jobs_of
+from helpers import interruptible
 
 pytestmark = [pytest.mark.skypilot, pytest.mark.slurm]
 CANARY = "canary-5d1e0c77-only-in-the-secrets-file"
@@ -124,7 +125,7 @@ def test_two_nodes_see_both_ranks_and_ctrl_c_leaves_nothing_on_slurm(sky, tmp_pa
          'echo "rank=$SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES on $SLURMD_NODENAME"; sleep 600',
          "--workdir", str(tmp_path), "--num_nodes", "2", "--cloud-provider", "slurm/localslurm/gpu",
          "--cluster-name", "hpc-e2e-two", "--down", "--experiments_dir", str(exp), "--job_name", "two"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, preexec_fn=interruptible)
     output: list[str] = []
 
     def pump() -> None:
@@ -133,13 +134,18 @@ def test_two_nodes_see_both_ranks_and_ctrl_c_leaves_nothing_on_slurm(sky, tmp_pa
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    seen, deadline = set(), time.monotonic() + 600
-    while seen != {"0", "1"} and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(1)
-        seen = {rank for rank in ("0", "1") if any(f"rank={rank} of 2 on gpu" in line for line in list(output))}
-    assert seen == {"0", "1"}, "".join(output)[-4000:]
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=300)
+    try:
+        seen, deadline = set(), time.monotonic() + 600
+        while seen != {"0", "1"} and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            seen = {rank for rank in ("0", "1") if any(f"rank={rank} of 2 on gpu" in line for line in list(output))}
+        assert seen == {"0", "1"}, "".join(output)[-4000:]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:  # a failed test must not leave the launch (and its nodes) to the tests after it
+        if proc.poll() is None:
+            proc.kill()
+            run_cloud("-c", "from hpc.backends.skypilot import lifecycle; lifecycle.down('hpc-e2e-two')", env=sky.env)
     reader.join(timeout=10)
     assert proc.returncode == 130, "".join(output)[-3000:]
     assert slurm_jobs_of("hpc-e2e-two") == []

@@ -158,6 +158,8 @@ class Backend:
                 for j, r in rows.items()}
 
     def array_tasks(self, spec: str) -> list[int]:
+        from hpc.backends.slurm import accounting as acct
+
         return acct.array_indices(spec)
 
     def log_path(self, experiment_dir: Path, job: JobRecord, task: int | None = None) -> Path:
