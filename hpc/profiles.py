@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 import typing
@@ -288,21 +287,11 @@ def match_cluster(
     return None
 
 
-@functools.cache
-def slurm_config() -> str:
-    """`scontrol show config` as text (asked once per process), or "" where SLURM is not reachable."""
-    import subprocess
-
-    try:
-        return subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=15,
-                              check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def slurm_cluster_name() -> str | None:
     """ClusterName from `scontrol show config`, or None where SLURM is not reachable."""
-    match = re.search(r"^ClusterName\s*=\s*(\S+)", slurm_config(), re.MULTILINE)
+    from hpc.backends.slurm import show_config
+
+    match = re.search(r"^ClusterName\s*=\s*(\S+)", show_config(), re.MULTILINE)
     return match.group(1) if match else None
 
 

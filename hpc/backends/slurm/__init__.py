@@ -3,13 +3,14 @@ at most one squeue) per status query, scancel. The only place that runs SLURM co
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpc.backends import JobStatus, Materialized
 from hpc.backends.slurm import commands as cmd
@@ -42,6 +43,17 @@ def run(argv: list[str], timeout: float | None = None, stdin: str | None = None)
         raise SlurmError(f"{' '.join(argv[:3])} did not answer within {timeout:.0f} s; the controller may be overloaded") from None
 
 
+@functools.cache
+def show_config() -> str:
+    """`scontrol show config` as text, asked once per process (cluster detection, dry-run validation and the array
+    limit all read it); "" where no controller answers within 15 s."""
+    try:
+        proc = run(["scontrol", "show", "config"], timeout=15)
+    except SlurmError:
+        return ""
+    return proc.stdout if proc.returncode == 0 else ""
+
+
 class Backend:
     name = "slurm"
 
@@ -49,9 +61,7 @@ class Backend:
         """MaxArraySize from `scontrol show config` (SLURM's default in a dry run, which asks SLURM nothing)."""
         if dry_run:
             return Limits(max_array_size=cmd.DEFAULT_MAX_ARRAY_SIZE)
-        from hpc.profiles import slurm_config
-
-        match = re.search(r"^MaxArraySize\s*=\s*(\d+)", slurm_config(), re.MULTILINE)
+        match = re.search(r"^MaxArraySize\s*=\s*(\d+)", show_config(), re.MULTILINE)
         return Limits(max_array_size=int(match.group(1)) if match else cmd.DEFAULT_MAX_ARRAY_SIZE)
 
     def materialize(self, plan: Plan) -> Materialized:
