@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from hpc.envfiles import SECRETS_ENV, check_secrets_file, read_dotenv, resolve_dotenv_path
 from hpc.errors import LaunchError
 from hpc.options import LaunchOptions, PathOptions
 from hpc.profiles import ClusterProfile, detect_profile, get_profile
+from hpc.records import record
 from hpc.spec import (LONGEST_SUFFIX, MAX_JOB_NAME, Array, Body, Dependency, Job, Prelude, Resources, Tunnel,
                       check_job_name, parse_dependency)
 from hpc.timefmt import format_time, parse_time
@@ -22,15 +22,18 @@ from hpc.timefmt import format_time, parse_time
 PRIVATE_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 
 
-@dataclass(frozen=True, eq=False)
+@record
 class Limits:
     """What the backend allows, asked once per launch (defaults in a dry run)."""
 
     max_array_size: int = 1001
 
 
-@dataclass(frozen=True, eq=False)
+@record
 class Context:
+    """Where a launch runs: the cluster profile, the dotenv values every job exports, the user's secrets file (by
+    path), the experiments directory and the working directory."""
+
     profile: ClusterProfile
     env: dict[str, str]  # exported by every job (no secrets: those are sourced by path)
     secrets_path: Path | None
@@ -207,7 +210,7 @@ def _gpu_type(p: ClusterProfile, asked: str | None) -> str | None:
     return match if p.gpu_types else None
 
 
-@dataclass(frozen=True, eq=False)
+@record
 class Launch:
     """One launch: its options, shared context, job name and experiment directory; the builders' one argument."""
 

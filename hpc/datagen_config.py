@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from hpc.errors import LaunchError
 from hpc.options import DatagenOptions
 from hpc.profiles import profile_dirs
 from hpc.readers import read_yaml
+from hpc.records import record
 from hpc.timefmt import format_time, parse_time
 
 CONFIG_DIRS = (ROOT / "examples" / "datagen",)
@@ -40,7 +41,7 @@ _SECRET_NAME = re.compile(r"(^|_)(api_?key|access_key|private_key|token|secret|p
 _PLACEHOLDER_MODEL = "placeholder/override-at-runtime"
 
 
-@dataclass
+@record(frozen=False, eq=True)
 class ServerSpec:
     """The launch's inference server job: its command ({port} marks the job's port) and resources."""
 
@@ -53,7 +54,7 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@record(frozen=False, eq=True)
 class DatagenConfig:
     """The resolved datagen config: each stage's engine config (upstream format) and how the launch runs."""
 

@@ -18,11 +18,12 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from hpc import cache
 from hpc.errors import LaunchError
+from hpc.records import record
 
 #: A union member of an annotation: "none", "bool", "int", "float", "str", "dict", "any", or a tuple of choices.
 Kind = str | tuple[object, ...]
@@ -41,7 +42,7 @@ class _SchemaError(Exception):
     """LLaMA-Factory's sources are not shaped as expected."""
 
 
-@dataclass
+@record(frozen=False, eq=True)
 class _Scope:
     """A module's top-level bindings: classes, `from` imports (name -> module, name) and `A = B` aliases."""
 

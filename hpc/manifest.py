@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
 from hpc.errors import LaunchError
 from hpc.readers import read_json, type_name, type_ok
+from hpc.records import record
 from hpc.spec import Plan
 
 FILE = "manifest.json"
@@ -51,8 +52,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@dataclass
+@record(frozen=False, eq=True)
 class JobRecord:
+    """One job in the manifest: its script, dependencies, array and, once submitted, its id and history."""
+
     key: str
     name: str
     job_type: str
@@ -85,8 +88,10 @@ class JobRecord:
         self.submitted(job_id, argv)
 
 
-@dataclass
+@record(frozen=False, eq=True)
 class Manifest:
+    """manifest.json of an experiment: its jobs, how they depend on each other and what became of them."""
+
     experiment: str
     experiment_dir: str
     cluster: str

@@ -310,13 +310,13 @@ GROUPS: tuple[type, ...] = (CommonOptions, ResourceOptions, PathOptions, TrainOp
                             DatagenOptions, EvalOptions, RunOptions, CloudOptions)
 
 
-@dataclass(init=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class LaunchOptions(CloudOptions, RunOptions, EvalOptions, DatagenOptions, ConsolidateOptions, TrainOptions,
                     PathOptions, ResourceOptions, CommonOptions):
     """Every launch option (the CLI's flags, or the Python API's keywords).
 
-    Its __init__ (keywords only; the rest from the field defaults) and __eq__ are written here: the ones dataclass
-    would generate for 160 fields cost every start of the CLI ~6 ms each to compile."""
+    Its __init__ (keywords only; the rest from the field defaults), __eq__ and __repr__ are written here: the ones
+    dataclass would generate for 160 fields cost every start of the CLI ~6 ms each to compile."""
 
     def __init__(self, **given: Any) -> None:
         for f in fields(self):

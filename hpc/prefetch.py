@@ -13,10 +13,11 @@ import os
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from hpc.errors import LaunchError
+from hpc.records import record
 
 #: A Hugging Face repo id: org/name.
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -30,15 +31,17 @@ _SOURCE_KEYS = {"hf_hub_url", "ms_hub_url", "om_hub_url"}
 _HUB_KEYS = _SOURCE_KEYS | {"subset", "split", "folder"}
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class Fetch:
+    """A Hugging Face repo to download before jobs run on nodes without internet."""
+
     kind: str  # "model" or "dataset"
     repo_id: str
     revision: str | None
     purpose: str  # which config key or dataset asked for it
 
 
-@dataclass
+@record(frozen=False, eq=True)
 class Localized:
     """What localizing a config produced: the new config, files and symlinks for the experiment."""
 

@@ -6,12 +6,13 @@ import dataclasses
 import os
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from hpc import data_dir
 from hpc.errors import LaunchError
 from hpc.readers import read_yaml, type_name, type_ok
+from hpc.records import record
 from hpc.timefmt import parse_time
 
 #: Directory of the profiles shipped with hpc-launch.
@@ -32,7 +33,7 @@ RETIRED = {
 }
 
 
-@dataclass(frozen=True, eq=False)
+@record
 class PartitionLimits:
     """One partition's limits (profile key `partitions`); None is a limit the profile does not know."""
 
@@ -50,7 +51,7 @@ class PartitionLimits:
         return self.max_time, first, self.max_nodes
 
 
-@dataclass(frozen=True, eq=False)
+@record
 class ClusterProfile:
     """What the launcher needs to know about one cluster (see cluster_profiles/README.md)."""
 

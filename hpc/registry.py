@@ -23,12 +23,13 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from hpc.errors import LaunchError, run_reporting
+from hpc.records import record
 
 PROG = "hpc-registry"
 TRAINING_TYPES = ("SFT", "RL")
@@ -50,7 +51,7 @@ class ServiceError(LaunchError):
     exit_code = 1
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class WandbRef:
     """A W&B run; `entity` None means the API key's default entity."""
 
@@ -63,7 +64,7 @@ class WandbRef:
         return f"{self.entity}/{self.project}/{self.run_id}" if self.entity else None
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class ModelRecord:
     """One trained model, as the registry stores it. None = unknown: the column is not sent."""
 
@@ -98,7 +99,7 @@ class ModelRecord:
         return row
 
 
-@dataclass
+@record(frozen=False, eq=True)
 class Fields:
     """Values gathered so far (flags > run summary > W&B), before validation."""
 

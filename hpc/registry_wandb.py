@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from hpc.records import record
 
 #: Run states after which the run has an end time.
 ENDED = ("finished", "crashed", "failed", "killed")
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class WandbRun:
     """What the registry needs from one W&B run."""
 

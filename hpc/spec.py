@@ -7,11 +7,12 @@ submissions. Nothing here knows how a scheduler spells anything.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import field
 from pathlib import Path
 
 from hpc.errors import LaunchError
 from hpc.profiles import ClusterProfile
+from hpc.records import record
 
 #: The experiment's folder for job scripts and the job-side programs they run (its name predates backends).
 PROGRAMS = "sbatch"
@@ -21,20 +22,6 @@ _JOB_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_JOB_NAME - 1}}}")
 #: The longest suffix a launch adds to its name for one of its jobs (<name>_consolidate).
 LONGEST_SUFFIX = len("_consolidate")
 _EXTERNAL_DEP = re.compile(r"(after|afterok|afterany|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?)+")
-
-
-def record(cls: type) -> type:
-    """The decorator of everything here: an immutable dataclass, compared by identity (a launch never compares two),
-    with one shared __repr__: the __eq__, __hash__ and __repr__ dataclass would generate per class cost every start of
-    the CLI time to compile."""
-    cls = dataclass(frozen=True, eq=False, repr=False)(cls)
-    cls.__repr__ = _repr  # type: ignore[method-assign]
-    return cls
-
-
-def _repr(self: object) -> str:
-    shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)  # type: ignore[arg-type]
-    return f"{type(self).__name__}({shown})"
 
 
 def check_job_name(name: str) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from hpc.records import record
 
 if TYPE_CHECKING:
     from hpc.context import Limits
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 BACKENDS = {"slurm": "hpc.backends.slurm", "skypilot": "hpc.backends.skypilot"}
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class JobStatus:
     """A job's (or a whole array's) state as the backend reports it."""
 
@@ -36,7 +38,7 @@ class JobStatus:
     failed_tasks: tuple[int, ...] = ()  # arrays: task ids that ended without completing
 
 
-@dataclass(frozen=True, eq=False)
+@record
 class Materialized:
     """What a backend makes of a plan before anything is submitted: files to write, and per job its
     script and (with <key> placeholders for ids not known yet) the command that will submit it."""

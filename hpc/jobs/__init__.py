@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
+
+from hpc.records import record
 
 if TYPE_CHECKING:
     from hpc.context import Limits
@@ -13,8 +14,10 @@ if TYPE_CHECKING:
     from hpc.spec import Plan
 
 
-@dataclass(frozen=True, eq=False)
+@record
 class JobType:
+    """A job type: its --job_type name, its line in --help, and the module that plans it."""
+
     name: str
     help: str
     module: str  # its build_plan(opts, environ, limits) -> Plan

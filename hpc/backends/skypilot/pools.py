@@ -15,12 +15,12 @@ import os
 import re
 import stat
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from hpc.errors import LaunchError
+from hpc.records import record
 
 _POOL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
@@ -45,7 +45,7 @@ def _user(text: str, flag: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class Pool:
     """One SSH node pool as SkyPilot reads it: hosts (a name, or {ip, user} for USER@HOST), user, identity_file,
     and password (for sudo on the hosts)."""

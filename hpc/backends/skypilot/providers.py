@@ -11,19 +11,19 @@ import argparse
 import contextlib
 import io
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hpc.errors import LaunchError
+from hpc.records import record
 
 SETUP = Path(__file__).parent / "providers.yaml"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class Provider:
     """How to set up one infra."""
 
@@ -33,7 +33,7 @@ class Provider:
     docs: str
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class Guide:
     """providers.yaml: SkyPilot's installation guide, and the steps of the infras we document."""
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 from hpc.errors import LaunchError
 from hpc.options import LaunchOptions
+from hpc.records import record
 from hpc.spec import Command, Job, Plan, Train
 
 #: The experiment's folder of task YAMLs.
@@ -40,7 +40,7 @@ def cluster_name(job_name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"hpc-{job_name}".lower()).strip("-")[:40].rstrip("-")
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class Cloud:
     """The cloud options of one launch, checked."""
 

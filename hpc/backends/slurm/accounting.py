@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hpc.backends.slurm.commands import to_state
+from hpc.records import record
 
 SACCT_FIELDS = "JobID,JobName,State,ExitCode,Elapsed,Reason"
 
@@ -20,7 +21,7 @@ def squeue_argv(job_ids: Iterable[str]) -> list[str]:
     return ["squeue", "-h", "-t", "all", "-o", "%i|%j|%T|%r", "-j", ",".join(job_ids)]
 
 
-@dataclass(frozen=True)
+@record(eq=True)
 class Row:
     """One job (or array task, or a range of never-started tasks) as sacct or squeue lists it."""
 

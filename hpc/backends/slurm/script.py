@@ -11,7 +11,7 @@ import functools
 import os
 import re
 import shlex
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import jinja2
 from hpc import cache
 from hpc.errors import LaunchError
 from hpc.profiles import ClusterProfile
+from hpc.records import record
 from hpc.spec import PORT, Cancel, Command, Job, Plan, Server, Stage, Train
 
 TEMPLATES_ENV = "HPC_LAUNCH_TEMPLATES"
@@ -32,7 +33,7 @@ TEMPLATES = {Command: "command.sbatch.j2", Cancel: "cancel.sbatch.j2", Train: "t
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:+=@%/~&|!*()\[\]-]+")
 
 
-@dataclass(frozen=True, eq=False)
+@record
 class SbatchHeader:
     """The #SBATCH lines of one job (rendered by templates/base.sbatch.j2)."""
 
