@@ -118,3 +118,24 @@ def test_a_launch_works_with_a_damaged_or_impossible_cache(tmp_path):
                            str(TINY_YAML)], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **env})
     assert proc.returncode == 0 and "dry run: nothing submitted" in proc.stdout, proc.stderr
+
+
+def test_no_class_of_the_launcher_has_methods_compiled_at_import():
+    """dataclass compiles each method it writes on every start (~1 ms a frozen class): records share theirs."""
+    import importlib
+    import pkgutil
+
+    import hpc
+
+    generated, dataclasses = [], 0
+    for info in pkgutil.walk_packages(hpc.__path__, "hpc."):
+        if info.name.startswith("hpc.jobside"):  # copied into experiments, run on their own
+            continue
+        module = importlib.import_module(info.name)
+        for cls in vars(module).values():
+            if isinstance(cls, type) and cls.__module__ == module.__name__ and "__dataclass_fields__" in vars(cls):
+                dataclasses += 1
+                generated += [f"{cls.__qualname__}.{name}" for name, value in vars(cls).items()
+                              if getattr(getattr(value, "__code__", None), "co_filename", "") == "<string>"]
+    assert dataclasses > 30
+    assert not generated, generated
