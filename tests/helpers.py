@@ -115,12 +115,12 @@ def planned_manifest(plan, dry_run: bool = True) -> dict:
     return json.loads(Manifest.for_plan(plan, "slurm", m.scripts, m.arrays, dry_run).to_json())
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    """Poll `predicate` every 0.5 s; fail the test after `timeout` seconds."""
+def wait_for(predicate, timeout: float, what: str, last=None) -> None:
+    """Poll `predicate` every 0.5 s; fail the test after `timeout` seconds, showing `last()` if given."""
     import time
 
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f": {last()}" if last else ""))
         time.sleep(0.5)

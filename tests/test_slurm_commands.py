@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from hpc.backends.slurm.accounting import (array_indices, array_size, combine, parse_sacct, parse_squeue, sacct_argv,
-                                           squeue_argv)
+                                           squeue_argv, to_explain, with_live)
 from hpc.backends.slurm.commands import dependency_option, ranges, sbatch_argv, submit_env
 from hpc.spec import Dependency
 
@@ -66,6 +66,20 @@ def test_reasons_task_counts_and_failed_tasks():
     assert array.tasks == {"COMPLETED": 1, "FAILED": 1, "PENDING": 3} and array.failed_tasks == (1,)
     assert parse_squeue("9|x|PENDING|JobHeldUser\n")["9"].reason == "JobHeldUser"
     assert squeue_argv(["9"])[-3:] == ["%i|%j|%T|%r", "-j", "9"] and "Reason" in sacct_argv(["9"])[4]
+
+
+def test_squeue_explains_what_accounting_cannot():
+    recorded = parse_sacct("7|t|PENDING|0:0|0|Dependency\n8|t|RUNNING|0:0|5|None\n9|t|COMPLETED|0:0|9|None\n"
+                           "10_[0-4]|a|PENDING|0:0|0|None\n")
+    # not recorded yet (11), pending (7: its recorded reason may be old), an array (10); never running or done jobs
+    assert to_explain(["7", "8", "9", "10", "11"], recorded, {"10": 5}) == ["7", "10", "11"]
+    live = parse_squeue("7|t|PENDING|Resources\n10_[0-4]|a|PENDING|JobArrayTaskLimit\n11|u|PENDING|Priority\n"
+                        "8|t|RUNNING|None\n")
+    merged = with_live(recorded, live)
+    assert merged["7"].reason == "Resources"  # the controller's reason wins over the recorded one
+    assert merged["7"].elapsed == "0" and merged["8"].elapsed == "5"  # accounting's row otherwise
+    assert merged["8"].reason == "" and merged["11"].reason == "Priority" and merged["9"].state == "COMPLETED"
+    assert combine("10", merged, tasks=5).reason == "JobArrayTaskLimit"
 
 
 def test_ranges_and_indices_round_trip():

@@ -50,12 +50,23 @@ def test_pending_chain_and_held_array_status_list_and_cancel(launch, tmp_path, h
     assert train.returncode == 0 and array.returncode == 0, train.stderr + array.stderr
     pend, arr = launch.experiments / "pend", launch.experiments / "arr"
 
-    # squeue gives a reason only once the scheduler has looked at the job (a moment after sbatch): poll for it
-    wait_for(lambda: "pending: Dependency" in run_cli("status", str(pend)).stdout, 30, "the train's pending reason")
+    # Once accounting lists the train, status still asks squeue why it waits (accounting keeps the reason the job had
+    # when it was recorded). The scheduler gives the reason a moment after sbatch, within a full pass (at most 60 s
+    # apart) when it is busy: poll for it, and show the last status if it never comes.
+    train_id = manifest(pend)["jobs"][0]["job_id"]
+    wait_for(lambda: subprocess.run(["sacct", "-X", "-n", "-j", train_id], capture_output=True, text=True).stdout,
+             30, "accounting to list the train")
+    shown: list[str] = []
+
+    def explained() -> bool:
+        shown.append(run_cli("status", str(pend)).stdout)
+        return "pending: Dependency" in shown[-1]
+
+    wait_for(explained, 90, "the train's pending reason", lambda: shown[-1])
     status = run_cli("status", str(pend))
     assert status.returncode == 3, status.stdout + status.stderr  # still running (pending)
     assert "PENDING" in status.stdout and "pending: Dependency" in status.stdout
-    wait_for(lambda: json.loads(run_cli("status", str(arr), "--json").stdout)["jobs"][0]["reason"], 30,
+    wait_for(lambda: json.loads(run_cli("status", str(arr), "--json").stdout)["jobs"][0]["reason"], 90,
              "the array's pending reason")
     as_json = json.loads(run_cli("status", str(arr), "--json").stdout)
     (traces,) = as_json["jobs"]

@@ -8,7 +8,6 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -148,14 +147,10 @@ class Backend:
         if proc.returncode != 0:
             raise SlurmError(f"sacct failed: {cmd.slurm_message(proc.stdout, proc.stderr, proc.returncode)}")
         rows = acct.parse_sacct(proc.stdout)
-        pending = [j for j in ids if acct.combine(j, rows, arrays.get(j)) is None or j in arrays]
-        if pending:  # not in accounting yet, or an array whose pending tasks need squeue's reason
-            proc = run(acct.squeue_argv(pending))
+        if ask := acct.to_explain(ids, rows, arrays):
+            proc = run(acct.squeue_argv(ask))
             if proc.returncode == 0:
-                for key, row in acct.parse_squeue(proc.stdout).items():
-                    rows.setdefault(key, row)
-                    if row.reason and not rows[key].reason:
-                        rows[key] = replace(rows[key], reason=row.reason)
+                rows = acct.with_live(rows, acct.parse_squeue(proc.stdout))
         return {j: row for j in ids if (row := acct.combine(j, rows, arrays.get(j))) is not None}
 
     def query(self, jobs: Sequence[JobRecord]) -> dict[str, JobStatus]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import field
+from dataclasses import field, replace
 
 from hpc.backends.slurm.commands import to_state
 from hpc.records import record
@@ -62,6 +62,21 @@ def parse_squeue(text: str) -> dict[str, Row]:
         if len(parts) in (3, 4):
             rows[parts[0]] = Row(parts[0], parts[1], parts[2], reason=_reason(parts[3] if len(parts) == 4 else ""))
     return rows
+
+
+def to_explain(ids: Iterable[str], rows: Mapping[str, Row], arrays: Mapping[str, int]) -> list[str]:
+    """The jobs to ask squeue about: those accounting has not recorded yet, pending ones (accounting keeps the reason
+    a job had when it was recorded; only the controller knows the current one) and arrays (their pending tasks)."""
+    return [j for j in ids if j in arrays or (row := rows.get(j)) is None or row.state == "PENDING"]
+
+
+def with_live(rows: Mapping[str, Row], live: Mapping[str, Row]) -> dict[str, Row]:
+    """Accounting's rows, completed by squeue's: the jobs accounting has not recorded, and the controller's reason."""
+    merged = {**live, **rows}
+    for key, row in live.items():
+        if row.reason and merged[key].reason != row.reason:
+            merged[key] = replace(merged[key], reason=row.reason)
+    return merged
 
 
 def array_size(spec: str) -> int:
