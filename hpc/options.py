@@ -7,8 +7,10 @@ No `from __future__ import annotations` here: every start of the CLI reads these
 evaluated ones are read without compiling each one.
 """
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
+
+from hpc.records import record
 
 
 def flag(default: Any = None, help: str | None = None, **argparse: Any) -> Any:
@@ -29,9 +31,9 @@ def parse_bool(text: str) -> bool:
 parse_bool.__name__ = "true/false"  # what argparse names in "invalid ... value"
 
 
-#: The decorator of an option group: it only declares fields (LaunchOptions, which has all of them, is the class that
-#: gets instantiated), so it gets no __init__, __repr__ or __eq__ of its own, which would cost every start-up time.
-group = dataclass(init=False, repr=False, eq=False)
+#: The decorator of an option group: it only declares fields, keyword-only (LaunchOptions, which has all of them, is
+#: the record that gets instantiated), so it gets no __init__, __repr__ or __eq__ of its own to compile at start-up.
+group = dataclass(init=False, repr=False, eq=False, kw_only=True)
 
 
 def passthrough(kind: type) -> Any:
@@ -310,23 +312,11 @@ GROUPS: tuple[type, ...] = (CommonOptions, ResourceOptions, PathOptions, TrainOp
                             DatagenOptions, EvalOptions, RunOptions, CloudOptions)
 
 
-@dataclass(init=False, repr=False, eq=False)
+@record(frozen=False, eq=True)
 class LaunchOptions(CloudOptions, RunOptions, EvalOptions, DatagenOptions, ConsolidateOptions, TrainOptions,
                     PathOptions, ResourceOptions, CommonOptions):
-    """Every launch option (the CLI's flags, or the Python API's keywords).
-
-    Its __init__ (keywords only; the rest from the field defaults), __eq__ and __repr__ are written here: the ones
-    dataclass would generate for 160 fields cost every start of the CLI ~6 ms each to compile."""
-
-    def __init__(self, **given: Any) -> None:
-        for f in fields(self):
-            setattr(self, f.name, given.pop(f.name) if f.name in given
-                    else f.default_factory() if f.default is MISSING else f.default)
-        if given:
-            raise TypeError(f"LaunchOptions got an unexpected keyword argument {next(iter(given))!r}")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(self) == vars(other)
+    """Every launch option (the CLI's flags, or the Python API's keywords: keywords only, the rest from the field
+    defaults)."""
 
     def __repr__(self) -> str:
         """Only the options that differ from their defaults: all of them would hide those."""

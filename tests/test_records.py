@@ -4,6 +4,7 @@ from dataclasses import FrozenInstanceError, asdict, field, fields, is_dataclass
 
 import pytest
 
+from hpc.options import LaunchOptions
 from hpc.records import record
 
 
@@ -86,6 +87,24 @@ def test_dataclass_functions_work() -> None:
     q = replace(p, y=5)
     assert (q.x, q.y, q.tags, q.note) == (1, 5, ["t"], "hidden")
     assert repr(p) == "Point(x=1, y=2, tags=['t'])"  # repr=False fields are not shown
+
+
+def test_keyword_only_fields_take_no_position() -> None:
+    @record
+    class Named:
+        """A record whose second field is keyword-only."""
+
+        x: int
+        y: int = field(default=0, kw_only=True)
+
+    assert Named(1, y=2).y == 2
+    with pytest.raises(TypeError, match=r"^Named\(\) takes 1 positional arguments but 2 were given$"):
+        Named(1, 2)
+    with pytest.raises(TypeError, match=r"^LaunchOptions\(\) takes 0 positional arguments but 1 were given$"):
+        LaunchOptions("train")  # every option is a keyword
+    with pytest.raises(TypeError, match=r"^LaunchOptions\(\) got an unexpected keyword argument 'no_such'$"):
+        LaunchOptions(no_such=1)
+    assert LaunchOptions(job_type="run") == LaunchOptions(job_type="run") != LaunchOptions()
 
 
 def test_methods_a_class_defines_are_kept() -> None:
