@@ -8,10 +8,8 @@ Both become one upstream-format mapping per stage (hpc.datagen_schema), which th
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, field, fields
@@ -23,9 +21,12 @@ from hpc.context import Context
 from hpc.datagen_schema import TOP, VLLM_LOCAL, check_ours, normalize, unknown_key, vllm_serve
 from hpc.errors import LaunchError
 from hpc.options import DatagenOptions
+from hpc.placeholders import fill
+from hpc.prefetch import check_repo_id
 from hpc.profiles import profile_dirs
-from hpc.readers import read_yaml
+from hpc.readers import load_json, read_yaml
 from hpc.records import record
+from hpc.secret_rule import check_config
 from hpc.timefmt import format_time, parse_time
 
 CONFIG_DIRS = (ROOT / "examples" / "datagen",)
@@ -37,7 +38,6 @@ _PROVIDER = {"openai": "openai", "anthropic": "anthropic", "gemini_openai": "gem
 _EXTRAS = {"chunk_size", "chunk_parallelism", "cpus_per_task"}  # ours, allowed in both formats
 _OUR_KEYS = {"engine", "model", "backend", "server", *_EXTRAS}
 _SERVER_KEYS = {"command", "gpus", "health_timeout", "port", "time_limit"}
-_SECRET_NAME = re.compile(r"(^|_)(api_?key|access_key|private_key|token|secret|password)$", re.IGNORECASE)
 _PLACEHOLDER_MODEL = "placeholder/override-at-runtime"
 
 
@@ -195,21 +195,11 @@ def _check_secrets(config: dict[str, Any], where: str, secrets: Path | None) -> 
         if (engine[provider] or {}).get("api_key"):
             raise LaunchError(f"{where}: engine.{provider}.api_key holds a key; put it in your secrets file as "
                               f"NAME=... and write api_key_env: NAME instead")
-    for section in ("request_params", "extra_args"):
-        _no_secret_names(engine[section] or {}, f"{where}: engine.{section}")
-    _no_secret_names(config["extra_agent_kwargs"], f"{where}: extra_agent_kwargs")
+    check_config(where, config)
     if engine["type"] in API_KEY_ENV and secrets is None:
         name = (engine[engine["type"]] or {}).get("api_key_env") or API_KEY_ENV[engine["type"]]
         raise LaunchError(f"engine {engine['type']} reads {name} in the jobs, which get it only from your secrets "
                           "file; set DC_AGENT_SECRET_ENV or --secrets_env")
-
-
-def _no_secret_names(mapping: dict[str, Any], where: str) -> None:
-    for key, value in mapping.items():
-        if _SECRET_NAME.search(str(key)) and isinstance(value, str):
-            raise LaunchError(f"{where}.{key} looks like a secret; put it in your secrets file, not in a config")
-        if isinstance(value, dict):
-            _no_secret_names(value, f"{where}.{key}")
 
 
 def _check_options(d: DatagenOptions, workdir: Path) -> None:
@@ -232,6 +222,9 @@ def _check_options(d: DatagenOptions, workdir: Path) -> None:
     except ValueError as exc:
         raise LaunchError(f"--datagen_extra_args is not valid shell quoting ({exc}); write it as one string, e.g. "
                           "\"--num-tasks 10\"") from None
+    for flag, repo in (("--datagen_target_repo", d.datagen_target_repo), ("--trace_target_repo", d.trace_target_repo)):
+        if repo:
+            check_repo_id(repo, flag)
     for flag, value in (("--datagen_script", d.datagen_script), ("--trace_script", d.trace_script),
                         ("--trace_harbor_config", d.trace_harbor_config)):
         if value and not os.path.isfile(workdir / value):
@@ -246,11 +239,19 @@ def _check_options(d: DatagenOptions, workdir: Path) -> None:
         if not d.enable_task_gen and not d.trace_input_path:
             raise LaunchError("trace generation without task generation needs --trace_input_path (the tasks)")
     if d.trace_agent_kwargs is not None:
-        try:
-            if not isinstance(json.loads(d.trace_agent_kwargs), dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            raise LaunchError(f"--trace_agent_kwargs is not a JSON object ({exc}); write e.g. '{{\"temperature\": 0.7}}'") from None
+        agent_kwargs(d)
+
+
+def agent_kwargs(d: DatagenOptions) -> dict[str, Any]:
+    """--trace_agent_kwargs as a JSON object (strict: no duplicate keys, NaN or Infinity; no secret in it)."""
+    try:
+        kwargs = load_json(d.trace_agent_kwargs or "{}")
+        if not isinstance(kwargs, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise LaunchError(f"--trace_agent_kwargs is not a JSON object ({exc}); write e.g. '{{\"temperature\": 0.7}}'") from None
+    check_config("--trace_agent_kwargs", kwargs)
+    return kwargs
 
 
 def needs_server(config: dict[str, Any]) -> bool:
@@ -285,11 +286,7 @@ def _server(config: dict[str, Any], stage: dict[str, Any] | None, ours: dict[str
             raise LaunchError("engine vllm_local needs the model to serve: pass --datagen_model NAME (or set it in "
                               "the datagen config)")
         values = {"model": model, "port": "{port}", "gpus": str(gpus), "hpc_root": str(ROOT)}
-        try:
-            command = [str(a).format_map(values) for a in template]
-        except (KeyError, ValueError, IndexError) as exc:
-            raise LaunchError(f"{where}: the server command has a bad placeholder ({exc}); use "
-                              f"{', '.join('{' + k + '}' for k in values)}, and {{{{ }}}} for a brace") from None
+        command = fill(template, values, f"{where}: the server command")
         env, time_limit = {}, ours.get("time_limit")
     if gpus > profile.gpus_per_node:
         raise LaunchError(f"{where}: the server needs {gpus} GPUs but a node of {profile.name} has "

@@ -16,31 +16,12 @@ from pathlib import Path
 from hpc import cache, data_dir
 from hpc.errors import LaunchError
 from hpc.readers import read_text
+from hpc.secret_rule import FIX, SECRETS_ENV, check_config, secret_name
 
 DOTENV_DIR = data_dir("dotenv")
-SECRETS_ENV = "DC_AGENT_SECRET_ENV"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: Secret-looking names, by their `_`-separated words: any word with SECRET, PASSWORD, PASSWD, PASSPHRASE or
-#: CREDENTIAL in it; a word ending in TOKEN(S) or KEY(S) (HF_TOKEN, API_KEY, SUPABASE_SERVICE_ROLE_KEY, APIKEY);
-#: the words PASS, PAT, CREDS, COOKIE, AUTH, AUTHZ, AUTHORIZATION.
-_SECRET_NAME = re.compile(
-    r"SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL"
-    r"|(TOKEN|KEY)S?(_|$)"
-    r"|(^|_)(PASS|PAT|CREDS|COOKIE|AUTH|AUTHZ|AUTHORIZATION)(_|$)"
-)
-#: Names that only locate something (DC_AGENT_SECRET_ENV, SSH_KEY_PATH, ...). SSH_KEY is the path of the tunnel's
-#: key file (README: "Optional tunnel"), so it is one too; its value must then be a path, not the key.
-_LOCATION = re.compile(r".*_(FILE|FILES|PATH|PATHS|DIR|DIRS|ENV)|SSH_KEY")
 _INTERPOLATION = re.compile(r"\$\{([^}:]*)(?::-[^}]*)?\}")  # python-dotenv's ${NAME} and ${NAME:-default}
-_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
-_FIX = f"move it to your own secrets file (${SECRETS_ENV}), which jobs source at run time"
-
-
-def secret_name(name: str) -> bool:
-    """Whether a variable name looks like it holds a secret (names that only locate something do not)."""
-    upper = name.upper()
-    return bool(_SECRET_NAME.search(upper)) and not _LOCATION.fullmatch(upper)
 
 
 def resolve_dotenv_path(name: str, profile_source: Path) -> Path:
@@ -58,7 +39,7 @@ def _check_raw(path: Path, key: str | None, raw: str | None, line: int) -> str:
     if not _IDENTIFIER.fullmatch(key):
         raise LaunchError(f"dotenv file {path}: {key!r} is not a valid environment variable name")
     if secret_name(key):
-        raise LaunchError(f"dotenv file {path}: {key} looks like a secret; {_FIX}")
+        raise LaunchError(f"dotenv file {path}: {key} looks like a secret; {FIX}")
     if raw is None:
         raise LaunchError(f"dotenv file {path}: {key} has no value; write {key}=VALUE")
     for name in _INTERPOLATION.findall(raw):
@@ -66,8 +47,6 @@ def _check_raw(path: Path, key: str | None, raw: str | None, line: int) -> str:
             raise LaunchError(f"dotenv file {path}: {key} interpolates ${{{name}}}, which looks like a secret: its "
                               f"value would be written into job scripts; jobs get secrets by sourcing your own secrets "
                               f"file (${SECRETS_ENV}), so drop the reference")
-    if _URL_PASSWORD.search(raw) or "-----BEGIN" in raw:
-        raise LaunchError(f"dotenv file {path}: the value of {key} holds a password or key; {_FIX}")
     return key
 
 
@@ -84,12 +63,20 @@ def read_dotenv(path: Path) -> dict[str, str]:
     entry = folder / f"{quote(str(path), safe='')}.json" if folder else None
     source = _source(text)
     cached = cache.read_json(entry) if entry else None
-    if isinstance(cached, dict) and cached.get("source") == source and isinstance(cached.get("values"), dict):
-        return cached["values"]
-    values = _parse(path, text)
-    if entry:
-        cache.write_json(entry, {"source": source, "values": values})
+    if isinstance(cached, dict) and cached.get("source") == source and _bindings(cached.get("values")):
+        values = cached["values"]
+    else:
+        values = _parse(path, text)
+        if entry:
+            cache.write_json(entry, {"source": source, "values": values})
+    check_config(f"dotenv file {path}", values)  # as jobs will see them (interpolated), against today's login secrets
     return values
+
+
+def _bindings(values: object) -> bool:
+    """Whether a cached pack is what _parse returns: names that are identifiers, text values."""
+    return isinstance(values, dict) and all(isinstance(k, str) and _IDENTIFIER.fullmatch(k) and isinstance(v, str)
+                                            for k, v in values.items())
 
 
 def _source(text: str) -> list:
@@ -125,6 +112,9 @@ def check_secrets_file(path_text: str) -> Path:
         raise LaunchError(f"secrets file {path} does not exist; fix {SECRETS_ENV} or --secrets_env") from None
     if not stat.S_ISREG(info.st_mode):
         raise LaunchError(f"secrets file {path} is not a regular file; point {SECRETS_ENV} at your .env file")
+    if not info.st_mode & stat.S_IRUSR or not os.access(path, os.R_OK):
+        raise LaunchError(f"secrets file {path} is not readable by you (mode {stat.filemode(info.st_mode)}); run: "
+                          f"chmod 600 {path}")
     if info.st_mode & 0o077:
         raise LaunchError(
             f"secrets file {path} is accessible by others (mode {stat.filemode(info.st_mode)}); run: chmod 600 {path}"

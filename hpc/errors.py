@@ -1,17 +1,27 @@
 """Errors a user sees: one line on stderr and an exit code, never a traceback."""
 
+import re
 import sys
 from collections.abc import Callable
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NAMED = {"\r": "\\r", "\n": "\\n"}
+
+
+def printable(text: str, lines: bool = False) -> str:
+    """`text` safe for a terminal: control characters (ESC, CR, ...) shown escaped; line breaks too unless `lines`."""
+    text = _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+    return text if lines else text.replace("\n", "\\n")
 
 
 class LaunchError(Exception):
     """Bad input: the message names the problem and the fix, always on one line (a user value with a line
-    break in it is shown escaped)."""
+    break or another control character in it is shown escaped)."""
 
     exit_code = 2
 
     def __init__(self, message: str) -> None:
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+        super().__init__(printable(message))
 
 
 class SlurmError(LaunchError):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
+import typing
 from pathlib import Path
 
 from hpc import manifest as manifests
@@ -65,7 +68,7 @@ def _claim(staging: Path, target: Path) -> None:
     import fcntl
 
     lock_path = target.with_name(f".{target.name}.lock")
-    with open(lock_path, "a") as lock:
+    with _open_lock(lock_path) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -81,3 +84,21 @@ def _claim(staging: Path, target: Path) -> None:
             lock_path.unlink(missing_ok=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _open_lock(path: Path) -> typing.IO[bytes]:
+    """The lock file, created if needed, never through a link or onto a pipe or device someone else planted in a
+    shared experiments directory."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise LaunchError(f"cannot create the lock file {path} ({_lock_problem(exc)}); remove it or choose another "
+                          "--experiments_dir") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LaunchError(f"lock file {path} is not a regular file; remove it or choose another --experiments_dir")
+    return os.fdopen(fd, "wb")
+
+
+def _lock_problem(exc: OSError) -> str:
+    return "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or type(exc).__name__

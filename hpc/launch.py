@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 
 from hpc import __version__
-from hpc.errors import LaunchError, run_reporting
+from hpc.errors import LaunchError, printable, run_reporting
 from hpc.jobs import JOB_TYPES
-from hpc.options import GROUPS, LaunchOptions
+from hpc.options import GROUPS, LaunchOptions, parse_float
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
                                         namespace)
 
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see --help)\n")
 
 
 def _snake(word: str, options: Mapping[str, object]) -> str:
@@ -55,8 +55,8 @@ def _add(group: argparse._ActionsContainer, f) -> None:
     elif kind is bool:
         kwargs.update(action="store_true", default=None)
     else:
-        kwargs.update(type=spec.pop("type", None) or next(a for a in typing.get_args(kind) or (kind,) if a is not type(None)),
-                      default=None)
+        given = next(a for a in typing.get_args(kind) or (kind,) if a is not type(None))
+        kwargs.update(type=spec.pop("type", None) or (parse_float if given is float else given), default=None)
     kwargs.update(spec)
     group.add_argument(f"--{f.name}", **kwargs)  # type: ignore[arg-type]
 
@@ -90,6 +90,7 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
     from hpc import backends
     from hpc.experiment import check_target, write_experiment
     from hpc.manifest import Manifest
+    from hpc.secret_rule import check_output
 
     if opts.backend == "skypilot":
         from hpc.backends.skypilot import prepare_launch
@@ -98,15 +99,17 @@ def run(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> int:
     backend = backends.get(opts.backend, opts)
     plan = JOB_TYPES[opts.job_type].build(opts, environ, lambda: backend.limits(opts.dry_run))
     materialized = backend.materialize(plan)
+    for rel, text in {**plan.files, **materialized.files}.items():
+        check_output(f"the experiment's {rel}", text, environ)  # its directory's name may hold the secret
     check_target(plan.experiment_dir)
     backend.validate(plan, materialized, opts.validate, opts.dry_run)  # before anything is written
     manifest = Manifest.for_plan(plan, backend.name, materialized.scripts, materialized.arrays, opts.dry_run)
     write_experiment(plan, materialized, manifest)
     print(f"hpc-launch: cluster {plan.cluster}, experiment directory {plan.experiment_dir}")
     for note in plan.notes:
-        print(f"hpc-launch: note: {note}")
+        print(f"hpc-launch: note: {printable(note)}")
     if opts.dry_run:
-        print(materialized.preview(), end="")
+        print(printable(materialized.preview(), lines=True), end="")
         print(f"\nhpc-launch: dry run: nothing submitted; scripts and manifest are in {plan.experiment_dir}")
         return 0
     backend.submit(plan, materialized, manifest)

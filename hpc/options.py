@@ -31,6 +31,19 @@ def parse_bool(text: str) -> bool:
 parse_bool.__name__ = "true/false"  # what argparse names in "invalid ... value"
 
 
+def parse_float(text: str) -> float:
+    """A finite number: nan and inf are refused (no setting takes them)."""
+    import math
+
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+parse_float.__name__ = "finite number"
+
+
 #: The decorator of an option group: it only declares fields, keyword-only (LaunchOptions, which has all of them, is
 #: the record that gets instantiated), so it gets no __init__, __repr__ or __eq__ of its own to compile at start-up.
 group = dataclass(init=False, repr=False, eq=False, kw_only=True)
@@ -38,7 +51,7 @@ group = dataclass(init=False, repr=False, eq=False, kw_only=True)
 
 def passthrough(kind: type) -> Any:
     """A LLaMA-Factory key with its own flag: given, it overrides the train YAML."""
-    parse = parse_bool if kind is bool else kind
+    parse = {bool: parse_bool, float: parse_float}.get(kind, kind)
     return field(default=None, metadata={"help": None, "argparse": {"type": parse, "metavar": kind.__name__.upper()},
                                          "passthrough": True})
 

@@ -20,7 +20,14 @@ from hpc.errors import LaunchError
 from hpc.records import record
 
 #: A Hugging Face repo id: org/name.
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+#: org/name as the Hub takes it: word characters, '.' and '-', neither at either end of a part, no '..' or '--'.
+REPO_ID = re.compile(r"(?!.*(\.\.|--))[A-Za-z0-9](?:[\w.-]*\w)?/\w(?:[\w.-]{0,94}\w)?")
+
+
+def check_repo_id(repo: str, flag: str) -> None:
+    """Refuse what is not an org/name Hub id (names `flag` in the message)."""
+    if not REPO_ID.fullmatch(repo):
+        raise LaunchError(f"{flag} {repo!r} is not a Hugging Face repo id; write it as org/name")
 #: File types LLaMA-Factory reads from a dataset directory (its FILEEXT2TYPE).
 DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"}
 #: report_to integrations that need the network at run time (wandb has an offline mode).

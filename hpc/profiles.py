@@ -11,8 +11,10 @@ from pathlib import Path
 
 from hpc import data_dir
 from hpc.errors import LaunchError
+from hpc.placeholders import fill
 from hpc.readers import read_yaml, type_name, type_ok
 from hpc.records import record
+from hpc.secret_rule import check_config
 from hpc.timefmt import parse_time
 
 #: Directory of the profiles shipped with hpc-launch.
@@ -128,6 +130,7 @@ def parse_profile(data: object, source: Path) -> ClusterProfile:
             raise LaunchError(
                 f"{where}: key {key!r} must be {type_name(_HINTS[key])}, got {type(value).__name__} {value!r}"
             )
+    check_config(where, {k: v for k, v in data.items() if k != "partitions"})  # profile values reach job scripts
     profile = ClusterProfile(**data, source=source)
     _check_values(profile, where)
     return profile
@@ -204,14 +207,7 @@ def _check_values(p: ClusterProfile, where: str) -> None:
         _check_networks(p.tunnel_direct, where)
     if p.signal_seconds < 120:
         raise LaunchError(f"{where}: signal_seconds must be at least 120 (SLURM may signal up to 60 s early)")
-    for arg in p.eval_command or []:
-        try:
-            arg.format_map(EVAL_PLACEHOLDERS)
-        except (KeyError, ValueError, IndexError) as exc:
-            raise LaunchError(
-                f"{where}: eval_command argument {arg!r} has a bad placeholder ({exc}); "
-                f"use {', '.join('{' + k + '}' for k in EVAL_PLACEHOLDERS)}"
-            ) from None
+    fill(p.eval_command or [], EVAL_PLACEHOLDERS, f"{where}: eval_command")
     if parse_time(p.default_time, f"{where}: default_time") > p.max_seconds:
         raise LaunchError(f"{where}: default_time {p.default_time} exceeds max_time {p.max_time}")
     _check_limits(p, where)

@@ -1,9 +1,10 @@
 """One reader per input kind: every I/O, encoding, syntax and shape problem becomes one LaunchError line that names
 the file and the fix.
 
-The size is checked before anything is read (and reading stops one byte past the limit, for devices and pipes), text
-must be UTF-8 (a byte-order mark is allowed), YAML is strict (hpc.yamlio: no duplicate keys, no alias bombs) and JSON
-too (no duplicate keys, no NaN). `expect` is the top-level type the caller needs.
+Only regular files are read (a pipe, device or socket is refused without blocking on it), the size is checked before
+anything is read (and reading stops one byte past the limit, should the file grow meanwhile), text must be UTF-8 (a
+byte-order mark is allowed), YAML is strict (hpc.yamlio: no duplicate keys, no alias bombs, no NaN or infinity) and
+JSON too (no duplicate keys, no NaN). `expect` is the top-level type the caller needs.
 """
 
 from __future__ import annotations
@@ -61,18 +62,19 @@ def type_name(hint: object) -> str:
 
 
 def read_text(path: Path, what: str, fix: str, max_bytes: int = CONFIG_LIMIT) -> str:
-    """The file's text; LaunchError "<what> <path> <problem>; <fix>" when it is missing, a directory, unreadable,
-    larger than max_bytes or not UTF-8."""
+    """The file's text; LaunchError "<what> <path> <problem>; <fix>" when it is missing, a directory, not a regular
+    file (a pipe, device or socket: opened without blocking, never read), unreadable, larger than max_bytes or not
+    UTF-8."""
     where = f"{what} {path}"
     try:
-        info = os.stat(path)
-        if stat.S_ISDIR(info.st_mode):
-            raise LaunchError(f"{where} is a directory, not a file; {fix}")
-        if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
-            raise LaunchError(f"{where} has {info.st_size:,} bytes, more than the {max_bytes:,} a {what} may have; "
-                              "is it the right file?")
-        with open(path, "rb") as stream:
-            data = stream.read(max_bytes + 1)
+        _check_kind(os.stat(path), where, what, fix, max_bytes)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            _check_kind(os.fstat(fd), where, what, fix, max_bytes)  # the file opened is the file checked
+            with os.fdopen(fd, "rb", closefd=False) as stream:
+                data = stream.read(max_bytes + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise LaunchError(f"{where} does not exist; {fix}") from None
     except ValueError:  # a NUL byte in the path
@@ -85,6 +87,19 @@ def read_text(path: Path, what: str, fix: str, max_bytes: int = CONFIG_LIMIT) ->
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise LaunchError(f"{where} is not UTF-8 text (byte {exc.start} is not); save it as UTF-8") from None
+
+
+def _check_kind(info: os.stat_result, where: str, what: str, fix: str, max_bytes: int) -> None:
+    """Only a regular file of at most max_bytes is read."""
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        raise LaunchError(f"{where} is a directory, not a file; {fix}")
+    if not stat.S_ISREG(mode):
+        kind = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise LaunchError(f"{where} is {kind}, not a regular file; save it as a file and {fix}")
+    if info.st_size > max_bytes:
+        raise LaunchError(f"{where} has {info.st_size:,} bytes, more than the {max_bytes:,} a {what} may have; "
+                          "is it the right file?")
 
 
 def _shaped(data: Any, expect: type | None, where: str, shape: str | None) -> Any:

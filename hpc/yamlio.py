@@ -2,11 +2,13 @@
 
 libyaml parses and emits the same documents about ten times faster than PyYAML's pure-Python code, which a launch
 would otherwise spend most of its planning time in. Loading is strict: a mapping with a key twice, a recursive
-alias or aliases that expand past MAX_NODES nodes (a "billion laughs") are refused as yaml.YAMLError.
+alias, aliases that expand past MAX_NODES nodes (a "billion laughs") and .nan/.inf (no setting takes them) are
+refused as yaml.YAMLError.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -37,6 +39,16 @@ class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ign
                 raise ConstructorError("while constructing a mapping", node.start_mark,
                                        f"found duplicate key {key!r}", key_node.start_mark)
         return super().construct_mapping(node, deep)
+
+
+def _finite_float(loader: _StrictLoader, node: Node) -> float:
+    value = loader.construct_yaml_float(node)
+    if not math.isfinite(value):
+        raise ConstructorError(None, None, f"found {node.value}, which is not a usable number", node.start_mark)
+    return value
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _finite_float)
 
 
 def _children(node: Node) -> list[Node]:

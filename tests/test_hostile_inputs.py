@@ -74,7 +74,7 @@ def train(tmp_path) -> str:
     (b"HPC_VENV=/opt/v\xe9nv\n", "is not UTF-8 text"),
     ("HF=${HF_TOKEN}\n", "HF interpolates ${HF_TOKEN}, which looks like a secret"),
     ("SUPABASE_SERVICE_ROLE_KEY=abc\n", "SUPABASE_SERVICE_ROLE_KEY looks like a secret; move it to your own secrets file"),
-    ("DATABASE_URL=postgresql://me:hunter2@db/x\n", "the value of DATABASE_URL holds a password or key"),
+    ("DATABASE_URL=postgresql://me:hunter2@db/x\n", "the value of DATABASE_URL holds a password or token in a URL"),
     ("this is not a dotenv line\n", "line 1 is not KEY=VALUE"),
 ])
 def test_dotenv(launch, tmp_path, train, content, expected):

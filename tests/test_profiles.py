@@ -149,7 +149,11 @@ def test_detection_uses_slurm_cluster_name(monkeypatch):
         ({"tunnel_host": "login; rm -rf /"}, "key 'tunnel_host' must be an ssh destination"),
         ({"tunnel_direct": ["10.0.0.0/33"]}, "tunnel_direct entry '10.0.0.0/33' is not a network"),
         ({"signal_seconds": 30}, "signal_seconds must be at least 120"),
-        ({"eval_command": ["run", "{modle}"]}, "eval_command argument '{modle}' has a bad placeholder"),
+        ({"eval_command": ["run", "{modle}"]}, r"eval_command has a bad placeholder \({modle}\)"),
+        ({"eval_command": ["run", "{model.foo}"]}, r"eval_command has a bad placeholder \({model.foo}\)"),
+        ({"eval_command": ["run", "{model[0]}"]}, r"eval_command has a bad placeholder \({model\[0\]}\)"),
+        ({"eval_command": ["run", "{model!r}"]}, r"eval_command has a bad placeholder \({model!r}\)"),
+        ({"eval_command": ["run", "{"]}, r"eval_command has a bad placeholder \(Single '{'"),
     ],
 )
 def test_bad_optional_values_are_refused(tmp_path, changes, expected):

@@ -50,8 +50,25 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
                        "have; is it the right file?")
 
 
-def test_an_endless_device_is_cut_at_the_limit():
-    assert "has more than the 1,024 bytes" in _error(read_text, Path("/dev/zero"), "dotenv file", "x", max_bytes=1024)
+def test_a_device_pipe_or_socket_is_refused_without_blocking(tmp_path):
+    """A FIFO with no writer would block open() and read() forever; it is refused at once (a test hang is a fail)."""
+    import socket
+
+    assert _error(read_text, Path("/dev/zero"), "dotenv file", "x") == (
+        "dotenv file /dev/zero is a device, not a regular file; save it as a file and x")
+    fifo = tmp_path / "train.yaml"
+    os.mkfifo(fifo)
+    assert _error(read_yaml, fifo, "train config", "check --train_config_path") == (
+        f"train config {fifo} is a pipe, not a regular file; save it as a file and check --train_config_path")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "s"))
+        assert "is a socket, not a regular file" in _error(read_text, tmp_path / "s", "dotenv file", "x")
+
+
+def test_yaml_refuses_nan_and_infinity(tmp_path):
+    for text in ("learning_rate: .nan\n", "lr: -.inf\n", "a: [1, .Inf]\n"):
+        assert "which is not a usable number" in _error(read_yaml, _write(tmp_path, text), "train config", "x")
+    assert read_yaml(_write(tmp_path, "lr: 1.0e-5\nb: .5\n"), "train config", "x") == {"lr": 1e-5, "b": 0.5}
 
 
 @pytest.mark.parametrize("text, problem", [

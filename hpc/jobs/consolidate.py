@@ -17,7 +17,7 @@ from hpc.jobs import evaluate
 from hpc.jobside.consolidate import find_zero_checkpoint, parse_input
 from hpc.options import LaunchOptions
 from hpc.pipeline import after, finish
-from hpc.prefetch import REPO_ID, Fetch, Fetcher, cache_dir
+from hpc.prefetch import Fetch, Fetcher, cache_dir, check_repo_id
 from hpc.spec import PROGRAMS, Command, Dependency, Plan, Step, default_job_name
 
 JOBSIDE = ROOT / "hpc" / "jobside" / "consolidate.py"
@@ -66,11 +66,6 @@ def after_train(launch: Launch, train: Step) -> Step:
     return _step(launch, f"{launch.job_name}_consolidate", train.model_dir, output, after(train))
 
 
-def _check_repo_id(repo: str, flag: str) -> None:
-    if not REPO_ID.fullmatch(repo):
-        raise LaunchError(f"{flag} {repo!r} is not a Hugging Face repo id; write it as org/name")
-
-
 def _step(launch: Launch, name: str, source: str, output: str, deps: tuple[Dependency, ...]) -> Step:
     opts, internet = launch.opts, launch.profile.internet
     if opts.dtype not in DTYPES:
@@ -82,7 +77,7 @@ def _step(launch: Launch, name: str, source: str, output: str, deps: tuple[Depen
     command = ["python", str(launch.experiment_dir / SCRIPT_REL), "--input", source, "--output", str(out.absolute()),
                "--dtype", opts.dtype, *(["--overwrite"] if opts.overwrite else [])]
     if opts.consolidate_output_repo:
-        _check_repo_id(opts.consolidate_output_repo, "--consolidate_output_repo")
+        check_repo_id(opts.consolidate_output_repo, "--consolidate_output_repo")
         if internet:
             command += ["--output_repo", opts.consolidate_output_repo, *(["--public"] if opts.public else [])]
         else:

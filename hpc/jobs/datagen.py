@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hpc import ROOT, yamlio
 from hpc.context import Launch, Limits, resolve_context
-from hpc.datagen_config import DatagenConfig, load_config, needs_server
+from hpc.datagen_config import DatagenConfig, agent_kwargs, load_config, needs_server
 from hpc.errors import LaunchError
 from hpc.jobside.datagen import task_names
 from hpc.jobside.sync import index_ranges
@@ -163,7 +163,7 @@ def _stage_body(launch: Launch, config: DatagenConfig, stage: str, served: bool,
     if stage == "tasks":
         argv += _flags((("--input-dir", d.datagen_input_dir),))
     else:
-        kwargs = {**config.trace_engine_config["extra_agent_kwargs"], **json.loads(d.trace_agent_kwargs or "{}")}
+        kwargs = {**config.trace_engine_config["extra_agent_kwargs"], **agent_kwargs(d)}
         argv += _flags((("--trace-model", config.trace_model), ("--trace-agent-name", d.trace_agent_name),
                         ("--trace-agent-kwargs", json.dumps(kwargs) if kwargs else None),
                         ("--trace-n-concurrent", d.trace_n_concurrent), ("--trace-env", d.trace_env),

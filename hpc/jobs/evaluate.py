@@ -19,6 +19,7 @@ from hpc import ROOT
 from hpc.context import Context, Launch, Limits, resolve_context
 from hpc.errors import LaunchError
 from hpc.options import EvalOptions, LaunchOptions
+from hpc.placeholders import fill
 from hpc.pipeline import after, finish
 from hpc.prefetch import Fetch, Fetcher, cache_dir, hub_reference
 from hpc.spec import Command, Dependency, Plan, Resources, Step, default_job_name
@@ -132,7 +133,7 @@ def _profile_command(launch: Launch, model: str, revision: str | None, resources
                           "without a revision; add --prefetch to download that revision first")
     values = {"model": model, "tasks": opts.eval_tasks, "output": str(output), "hpc_root": str(ROOT),
               "nodes": str(resources.nodes), "gpus_per_node": str(resources.gpus_per_node)}
-    return [arg.format_map(values) for arg in profile.eval_command or []]
+    return fill(profile.eval_command or [], values, f"the {profile.name} profile's eval_command")
 
 
 def _lm_eval_args(opts: LaunchOptions, model: str, revision: str | None, resources: Resources, out: Path) -> list[str]:

@@ -19,6 +19,7 @@ from hpc.options import LaunchOptions
 from hpc.pipeline import LAUNCH_REL, finish, launch_record
 from hpc.prefetch import Fetcher, cache_dir, localize
 from hpc.readers import read_yaml
+from hpc.secret_rule import check_config
 from hpc.spec import PROGRAMS, Plan, Step, Train, default_job_name
 from hpc.timefmt import parse_time
 
@@ -146,6 +147,8 @@ def train_step(launch: Launch, config_path: Path, yaml_config: dict) -> Step:
     yaml_batch = yaml_config.pop("global_batch_size", None)  # upstream's launcher-only key: never reaches LF
     global_batch = opts.global_batch_size if opts.global_batch_size is not None else yaml_batch
     overrides = {**opts.train_overrides, **parse_extra_args(opts.train_extra_args)}
+    check_config(f"train config {config_path}", yaml_config)  # configs/train.yaml is readable by others
+    check_config("train options (--train_extra_args and flags)", overrides)
     config = merge_config(yaml_config, overrides, p.train_defaults, builtin)
     _check_launcher_keys(config, config_path)
     apply_global_batch_size(config, global_batch, resources.nodes * nproc, "gradient_accumulation_steps" in overrides)

@@ -22,6 +22,7 @@ from hpc.context import Limits
 from hpc.errors import LaunchError
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.options import LaunchOptions
+from hpc.readers import read_yaml
 from hpc.spec import Job, Plan
 
 #: The profile of launches without --cluster (hpc/backends/skypilot/profiles/cloud.yaml).
@@ -99,13 +100,8 @@ class Backend:
             return task_config(job, plan, cloud)
         if cloud.providers or cloud.accelerators or cloud.docker_image or cloud.use_spot:
             raise LaunchError("--task launches the YAML as it is: put infra, accelerators and images in it")
-        try:
-            config = yaml.safe_load(cloud.task_file.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise LaunchError(f"--task {cloud.task_file}: not readable YAML ({exc})") from None
-        if not isinstance(config, dict):
-            raise LaunchError(f"--task {cloud.task_file}: a SkyPilot task YAML is a mapping (name, resources, run, ...)")
-        return config
+        return read_yaml(cloud.task_file, "SkyPilot task", "check --task",
+                         shape="a mapping of SkyPilot task keys (name, resources, run, ...)")
 
     def validate(self, plan: Plan, materialized: Materialized, asked: bool | None, dry_run: bool) -> None:
         """SkyPilot's own parser on every task, offline; with --validate also the optimizer's choice (a dry-run

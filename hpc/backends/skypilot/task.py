@@ -152,7 +152,7 @@ def _gigabytes(mem: str) -> int:
 
 def run_script(job: Job, plan: Plan, cloud: Cloud) -> str:
     """What the task runs on every node: the job's environment, then its body; outputs go to $HPC_OUTPUT_DIR."""
-    lines = ["set -eo pipefail", f'export HPC_OUTPUT_DIR="$HOME/sky_workdir/{cloud.output_subdir}"',
+    lines = ["set -eo pipefail", f'export HPC_OUTPUT_DIR="$HOME"/sky_workdir/{shlex.quote(cloud.output_subdir)}',
              'mkdir -p "$HPC_OUTPUT_DIR"']
     if plan.profile.env_activation:
         lines.append(plan.profile.env_activation)

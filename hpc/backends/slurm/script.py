@@ -21,6 +21,7 @@ from hpc import cache
 from hpc.errors import LaunchError
 from hpc.profiles import ClusterProfile
 from hpc.records import record
+from hpc.secret_rule import LOCATION_ERE, SECRET_NAME_ERE
 from hpc.spec import PORT, Cancel, Command, Job, Plan, Server, Stage, Train
 
 TEMPLATES_ENV = "HPC_LAUNCH_TEMPLATES"
@@ -31,6 +32,7 @@ TEMPLATES = {Command: "command.sbatch.j2", Cancel: "cancel.sbatch.j2", Train: "t
 # What an #SBATCH value may hold: sbatch reads these lines itself (no shell), splitting at spaces and taking
 # quotes and '#' specially; so none of those or newlines, but constraint syntax (gpu&hbm80g, [a|b]*2, !x) is fine.
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:+=@%/~&|!*()\[\]-]+")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @record
@@ -70,6 +72,15 @@ def sbatch_value(value: object) -> str:
     return text
 
 
+def variable_name(value: object) -> str:
+    """An environment variable's name for `export NAME=...`, refused unless it is an identifier."""
+    text = str(value)
+    if not _NAME.fullmatch(text):
+        raise LaunchError(f"{text!r} is not an environment variable name (letters, digits and '_'); fix the dotenv "
+                          "pack or profile that sets it")
+    return text
+
+
 def shell_words(argv: list[str]) -> str:
     """Quote argv for the script, turning the PORT placeholder into the job's own "$port"."""
     def word(arg: str) -> str:
@@ -81,7 +92,7 @@ def shell_words(argv: list[str]) -> str:
 #: How templates are read; the compiled code depends on these, so cached code is only used with the same ones.
 _SETTINGS = {"undefined": jinja2.StrictUndefined, "autoescape": False, "keep_trailing_newline": True,
              "trim_blocks": True, "lstrip_blocks": True}
-_FILTERS = {"q": quote, "sbatch": sbatch_value}
+_FILTERS = {"q": quote, "sbatch": sbatch_value, "name": variable_name}
 
 
 class _CompiledTemplates(jinja2.FileSystemBytecodeCache):
@@ -149,4 +160,4 @@ def render(job: Job, plan: Plan) -> str:
     return template.render(job_type=job.job_type, header=header(job, plan.profile, plan.experiment_dir),
                            profile=plan.profile, env=p.env, secrets_path=p.secrets_path,
                            experiment_dir=plan.experiment_dir, offline=p.offline, tunnel=p.tunnel,
-                           **_body_context(job, plan))
+                           secret_name_ere=SECRET_NAME_ERE, location_ere=LOCATION_ERE, **_body_context(job, plan))
