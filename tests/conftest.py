@@ -112,3 +112,17 @@ def registry_db(pg):
     proc = pg.psql(dsn, "-f", str(ROOT / "hpc" / "registry_schema.sql"))
     assert proc.returncode == 0, proc.stderr
     return dsn
+
+
+@pytest.fixture
+def recording_slurm(tmp_path, monkeypatch) -> Path:
+    """SLURM's commands on PATH only record that they ran (into the returned log) and answer job id 1; the test
+    runs in tmp_path."""
+    bindir, calls = tmp_path / "fakebin", tmp_path / "calls.log"
+    bindir.mkdir()
+    for name in ("sbatch", "scontrol", "sacct", "squeue", "scancel", "srun"):
+        (bindir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\necho 1\n')
+        (bindir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    return calls

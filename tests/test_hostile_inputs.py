@@ -15,16 +15,9 @@ from helpers import TRAIN_YAML
 
 
 @pytest.fixture
-def launch(tmp_path, monkeypatch, capsys):
+def launch(tmp_path, recording_slurm, capsys):
     """launch(*args) -> the one error line of a refused launch (SLURM's commands only record that they ran)."""
-    bindir, calls = tmp_path / "fakebin", tmp_path / "calls.log"
-    bindir.mkdir()
-    for name in ("sbatch", "scontrol", "sacct", "squeue", "scancel", "srun"):
-        (bindir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\necho 1\n')
-        (bindir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.chdir(tmp_path)
-    exp = tmp_path / "exp"
+    calls, exp = recording_slurm, tmp_path / "exp"
 
     def run(*args: str, experiments: Path = exp) -> str:
         code = main(["--cluster", "local", "--experiments_dir", str(experiments), "--no-validate", *args])

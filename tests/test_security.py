@@ -30,16 +30,9 @@ NAMES = {"SUPABASE_SERVICE_ROLE_KEY": True, "MY_SERVICE_KEY": True, "PGPASSWORD"
 
 
 @pytest.fixture
-def launch(tmp_path, monkeypatch, capsys):
+def launch(tmp_path, recording_slurm, capsys):
     """launch(*args) -> (exit code, stdout, stderr) of a dry run on the local profile; SLURM's commands only record
     that they ran (tmp_path/calls.log)."""
-    bindir = tmp_path / "fakebin"
-    bindir.mkdir()
-    for name in ("sbatch", "scontrol", "sacct", "squeue", "scancel", "srun"):
-        (bindir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {tmp_path / "calls.log"}\necho 1\n')
-        (bindir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.chdir(tmp_path)
 
     def run(*args: str, dry: bool = True) -> tuple[int, str, str]:
         code = main(["--cluster", "local", "--experiments_dir", str(tmp_path / "exp"), "--no-validate",
