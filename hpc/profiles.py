@@ -188,6 +188,9 @@ def _check_limits(p: ClusterProfile, where: str) -> None:
 
 
 def _check_values(p: ClusterProfile, where: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p.name):
+        raise LaunchError(f"{where}: key 'name' {p.name!r} may hold only letters, digits, '.', '_' and '-' (it is "
+                          "written into job scripts); rename the profile and its file")
     if p.name != source_stem(p.source):
         raise LaunchError(f"{where}: key 'name' is {p.name!r} but the file is {p.source.name}; make them match")
     if p.gpu_request not in _GPU_REQUESTS:

@@ -149,6 +149,7 @@ def test_detection_uses_slurm_cluster_name(monkeypatch):
         ({"tunnel_host": "login; rm -rf /"}, "key 'tunnel_host' must be an ssh destination"),
         ({"tunnel_direct": ["10.0.0.0/33"]}, "tunnel_direct entry '10.0.0.0/33' is not a network"),
         ({"signal_seconds": 30}, "signal_seconds must be at least 120"),
+        ({"name": "x\ntouch pwned"}, r"key 'name' 'x\\ntouch pwned' may hold only letters, digits"),
         ({"eval_command": ["run", "{modle}"]}, r"eval_command has a bad placeholder \({modle}\)"),
         ({"eval_command": ["run", "{model.foo}"]}, r"eval_command has a bad placeholder \({model.foo}\)"),
         ({"eval_command": ["run", "{model[0]}"]}, r"eval_command has a bad placeholder \({model\[0\]}\)"),
