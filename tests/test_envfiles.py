@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -94,12 +95,19 @@ def test_secrets_file_missing_or_not_a_file(tmp_path):
         check_secrets_file(str(tmp_path))
 
 
-def test_secrets_file_is_never_opened(tmp_path, monkeypatch):
+def test_secrets_file_is_never_opened(tmp_path):
+    """Python's audit hook sees every open (builtins.open, io.open, pathlib, os.open): the check opens nothing."""
+    import sys
+
     path = tmp_path / "secrets.env"
     path.write_text("X=1\n")
     path.chmod(0o600)
-    opened = []
-    real_open = os.open
-    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
-    check_secrets_file(str(path))
-    assert str(path) not in map(str, opened)
+    opened: list[str] = []
+    watching = [True]
+    sys.addaudithook(lambda event, args: watching[0] and event == "open" and opened.append(str(args[0])))
+    try:
+        assert check_secrets_file(str(path)) == path
+        Path(tmp_path / "other").write_text("")  # the hook does see pathlib's writes and reads
+    finally:
+        watching[0] = False
+    assert str(path) not in opened and str(tmp_path / "other") in opened

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,10 @@ def test_the_test_extra_alone_skips_what_needs_the_registry_extra(installed, tmp
 def test_readme_main_command_from_the_installed_package(installed, tmp_path):
     """The README's first command, run by the installed console script (the local cluster and ML stack from
     scripts/setup.sh; the job itself runs in the ML venv named by the local dotenv)."""
+    name = f"readme_{uuid.uuid4().hex[:8]}"  # its SLURM jobs are named after it: no other run's
     result = _run([installed / "hpc-launch", "--cluster", "local", "--train_config_path", "examples/train/tiny_sft.yaml",
                    "--num_nodes", "2", "--gpus_per_node", "1", "--wait", "--experiments_dir", tmp_path, "--job_name",
-                   "readme"], cwd=ROOT, env={**os.environ, "PATH": f"{installed}:{os.environ['PATH']}"}, timeout=900)
+                   name], cwd=ROOT, env={**os.environ, "PATH": f"{installed}:{os.environ['PATH']}"}, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    launch = yaml.safe_load((tmp_path / "readme" / "configs" / "launch.yaml").read_text())
+    launch = yaml.safe_load((tmp_path / name / "configs" / "launch.yaml").read_text())
     assert "site-packages" in launch["profile_file"] and "train: COMPLETED" in result.stdout

@@ -60,6 +60,31 @@ def test_global_batch_size_that_does_not_divide_is_an_error():
         apply_global_batch_size({"per_device_train_batch_size": 2}, 10, 2, explicit_accumulation=False)
 
 
+@pytest.mark.parametrize("gbs", [0, -4])
+def test_global_batch_size_below_one_is_refused_not_zero_accumulation(gbs):
+    """0 divides by anything: without the check it would write gradient_accumulation_steps: 0 (or -1)."""
+    config = {"per_device_train_batch_size": 2}
+    with pytest.raises(LaunchError, match=rf"--global_batch_size {gbs} is not a multiple of .* = 4; pick a multiple"):
+        apply_global_batch_size(config, gbs, 2, explicit_accumulation=False)
+    assert "gradient_accumulation_steps" not in config
+
+
+def test_global_batch_size_zero_from_the_cli_or_the_yaml_writes_nothing(train_yaml, tmp_path, capsys):
+    from hpc.launch import main
+
+    with pytest.raises(LaunchError, match="--global_batch_size 0 is not a multiple"):
+        build_plan(_opts(train_yaml, tmp_path, global_batch_size=0))
+    upstream = tmp_path / "upstream.yaml"
+    upstream.write_text(yaml.safe_dump({**yaml.safe_load(train_yaml.read_text()), "global_batch_size": 0}))
+    with pytest.raises(LaunchError, match="global_batch_size 0 is not a multiple"):
+        build_plan(_opts(upstream, tmp_path))
+    exp = tmp_path / "exp"
+    code = main(["--cluster", "local", "--train_config_path", str(train_yaml), "--global_batch_size", "0",
+                 "--experiments_dir", str(exp), "--dry_run", "--no-validate"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hpc-launch: error: --global_batch_size 0 ") and not exp.exists(), err
+
+
 def test_global_batch_size_contradicting_explicit_accumulation():
     config = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 3}
     with pytest.raises(LaunchError, match="contradicts --global_batch_size 16 .*needs 2"):

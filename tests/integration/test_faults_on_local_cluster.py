@@ -10,14 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from hpc import ROOT
 
-from helpers import TINY_YAML, manifest, run_cli
+from helpers import TINY_YAML, manifest, run_cli, sacct_state, wait_for
 
 pytestmark = pytest.mark.slurm
 EVAL_DATA = str(ROOT / "build" / "tiny" / "data" / "tiny_eval.json")
@@ -79,23 +79,51 @@ def test_a_failed_submission_leaves_no_job_behind(launch, tmp_path, action, call
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_submission_rolls_back(launch, tmp_path, signum):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HPC_VENV": sys.prefix, **_wrapper(tmp_path, 1, "slow")}
-    name = f"sig{int(signum)}"
+    """The signal arrives once the first job is queued (its tag is in squeue) while its sbatch has not answered: that
+    job, known only by its tag, is cancelled, and the manifest records the interrupted submission."""
+    # The slow sbatch answers after 30 s; the launcher waits up to 25 s, time enough to see the job queued.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HPC_VENV": sys.prefix, **_wrapper(tmp_path, 1, "slow"),
+           "HPC_LAUNCH_SLURM_TIMEOUT": "25"}
+    name = f"sig{int(signum)}_{uuid.uuid4().hex[:8]}"
+    exp = launch.experiments / name
     proc = subprocess.Popen([sys.executable, "-m", "hpc.launch", "--cluster", "local", "--experiments_dir",
                              str(launch.experiments), "--train_config_path", str(TINY_YAML), "--job_name", name,
                              "--gpus_per_node", "1", "--eval_tasks", EVAL_DATA],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    calls = tmp_path / "sbatch_calls"
-    deadline = time.monotonic() + 60
-    while not calls.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1)  # the first job is queued; its sbatch is still "running"
-    proc.send_signal(signum)
-    out, err = proc.communicate(timeout=60)
+    try:
+        def submitting() -> bool:  # the intent is written (with the launch's token) before sbatch is asked
+            try:
+                return manifest(exp)["jobs"][0]["state"] == "SUBMITTING"
+            except (OSError, ValueError, KeyError, IndexError):
+                return False
+
+        wait_for(lambda: submitting() or proc.poll() is not None, 120, "the first sbatch")
+        assert proc.poll() is None, proc.communicate()
+        token = manifest(exp)["token"]
+        queued: list[str] = []
+
+        def in_queue() -> bool:
+            queued[:] = _tagged(token)
+            return bool(queued)
+
+        wait_for(in_queue, 20, "the first job in squeue")
+        assert proc.poll() is None, "the launcher ended before the signal"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 128 + signum, err
     assert f"interrupted by {signal.Signals(signum).name} while submitting" in err and "Traceback" not in err
-    record = manifest(launch.experiments / name)
+    assert "cancelled the 1 job(s) already submitted" in err and len(err.strip().splitlines()) == 1, err
+    record = manifest(exp)
     assert _tagged(record["token"]) == []
+    wait_for(lambda: sacct_state(queued[0]).startswith("CANCELLED"), 30, f"job {queued[0]} CANCELLED in accounting",
+             lambda: sacct_state(queued[0]))
+    jobs = {j["key"]: j for j in record["jobs"]}
+    assert jobs["train"]["state"] == "SUBMIT_FAILED" and jobs["train"]["job_id"] is None  # its answer never came
+    assert jobs["train"]["error"] == f"interrupted by {signal.Signals(signum).name} while submitting"
+    assert jobs["eval"]["state"] == "PLANNED" and jobs["eval"]["job_id"] is None
 
 
 def test_a_disk_that_fills_after_the_first_sbatch(launch, tmp_path):
@@ -119,16 +147,17 @@ def test_a_disk_that_fills_after_the_first_sbatch(launch, tmp_path):
 
 def test_two_launches_with_the_same_name_at_once(launch, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HPC_VENV": sys.prefix}
+    name = f"twin_{uuid.uuid4().hex[:8]}"  # squeue is asked by name: no other test's or run's jobs
     argv = [sys.executable, "-m", "hpc.launch", "--cluster", "local", "--experiments_dir", str(launch.experiments),
-            "--train_config_path", str(TINY_YAML), "--job_name", "twin", "--gpus_per_node", "1", "--max_steps", "2"]
+            "--train_config_path", str(TINY_YAML), "--job_name", name, "--gpus_per_node", "1", "--max_steps", "2"]
     procs = [subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert sorted(code for code, _ in results) == [0, 2], results
     loser = next(err for code, err in results if code == 2)
     assert "experiment directory" in loser and "--job_name" in loser and len(loser.strip().splitlines()) == 1
-    record = manifest(launch.experiments / "twin")
+    record = manifest(launch.experiments / name)
     ids = [j["job_id"] for j in record["jobs"]]
-    queued = subprocess.run(["squeue", "-h", "--me", "-n", "twin", "-o", "%i"], capture_output=True, text=True).stdout
+    queued = subprocess.run(["squeue", "-h", "--me", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout
     assert set(queued.split()) <= set(ids)  # the loser queued nothing
     subprocess.run(["scancel", *ids], check=False)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -122,12 +121,20 @@ exec {real} "$@"
 
     _datagen_array(tmp_path, launch, "interrupted", "--dependency", f"afterok:{held}")
     exp = launch.experiments / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "hpc.launch", "status", str(exp), "--wait"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
-    time.sleep(4)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    waiting = tmp_path / "wait.out"
+    with open(waiting, "w") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "hpc.launch", "status", str(exp), "--wait"], cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=stdout,
+                                stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+    try:  # Ctrl-C once the wait is under way: it has shown the array's first state
+        wait_for(lambda: "traces: PENDING" in waiting.read_text() or proc.poll() is not None, 60,
+                 "the wait to show the pending array", waiting.read_text)
+        assert proc.poll() is None, waiting.read_text() + proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert f"the jobs keep running. Follow them with: hpc-launch status {exp} --wait" in err
     job_id = manifest(exp)["jobs"][0]["job_id"]

@@ -5,7 +5,9 @@ session and down at the end; every test using it fails if the jail refused a con
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +19,31 @@ from helpers import Result
 
 CLOUD_VENV = Path(os.environ.get("HPC_CLOUD_VENV", "/opt/hpc-launch/cloud-venv"))
 FIXTURE = ROOT / "scripts" / "skypilot_fixture.sh"
-#: Not the defaults of scripts/skypilot_fixture.sh, so a fixture brought up by hand keeps running.
-PORTS = {"HPC_SKY_SSHD_PORT": "2232", "HPC_SKY_API_PORT": "28582"}
+#: The defaults of scripts/skypilot_fixture.sh: never used here, so a fixture brought up by hand keeps running.
+HAND_PORTS = (2231, 28581)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (the kernel's choice, all different), never the fixture's default ones: no
+    fixed port that another run, or anything else on the machine, may hold."""
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)  # held until all are picked, so no two are the same
+            if s.getsockname()[1] in HAND_PORTS:
+                sockets.remove(s)
+                s.close()
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def unique_name(label: str) -> str:
+    """A SkyPilot cluster name of this test only (other tests and runs of the suite share the SLURM queue)."""
+    return f"hpc-e2e-{label}-{uuid.uuid4().hex[:6]}"
 
 
 def cloud_python() -> Path:
@@ -50,10 +75,12 @@ class SkyFixture:
 
 
 def _fixture_env(directory: Path) -> dict[str, str]:
-    base = {**os.environ, **PORTS, "HPC_SKY_FIXTURE": str(directory), "HPC_CLOUD_VENV": str(CLOUD_VENV)}
+    sshd, api = free_ports(2)
+    ports = {"HPC_SKY_SSHD_PORT": str(sshd), "HPC_SKY_API_PORT": str(api)}
+    base = {**os.environ, **ports, "HPC_SKY_FIXTURE": str(directory), "HPC_CLOUD_VENV": str(CLOUD_VENV)}
     lines = subprocess.run(["bash", str(FIXTURE), "env"], capture_output=True, text=True, env=base,
                            check=True).stdout
-    env = {**PORTS, "HPC_SKY_FIXTURE": str(directory), "HPC_CLOUD_VENV": str(CLOUD_VENV)}
+    env = {**ports, "HPC_SKY_FIXTURE": str(directory), "HPC_CLOUD_VENV": str(CLOUD_VENV)}
     for line in lines.splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = value.replace("$PATH", os.environ["PATH"])

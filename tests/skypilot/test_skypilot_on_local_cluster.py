@@ -17,7 +17,7 @@ import yaml
 
 from hpc import ROOT
 
-from conftest import cloud_python, run_cloud, slurm_jobs_of
+from conftest import cloud_python, run_cloud, slurm_jobs_of, unique_name
 from helpers import interruptible
 
 pytestmark = [pytest.mark.skypilot, pytest.mark.slurm]
@@ -85,46 +85,46 @@ def test_task_with_setup_envs_workdir_mount_and_secret_then_a_failing_job_on_the
         "run": ("python3 bench.py\ncat /tmp/hpc-sky-e2e-mount/input.txt\n"
                 "echo \"secret sha256 $(printf %s \"$HPC_CANARY\" | sha256sum | cut -c1-16)\"\n"
                 "mkdir -p outputs && echo metric=0.9 > outputs/result.txt\n")}))
-    exp = tmp_path / "exp"
-    first = sky.launch("--task", str(task), "--cluster-name", "hpc-e2e-reuse", "--secrets-env", str(secrets),
+    exp, cluster = tmp_path / "exp", unique_name("reuse")
+    first = sky.launch("--task", str(task), "--cluster-name", cluster, "--secrets-env", str(secrets),
                        "--experiments_dir", str(exp), "--job_name", "first")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr
-    assert "launching SkyPilot cluster hpc-e2e-reuse" in first.stdout
+    assert f"launching SkyPilot cluster {cluster}" in first.stdout
     log = "".join(p.read_text() for p in (exp / "first" / "logs").glob("*.out"))
     assert "bench.py says hello-from-envs" in log and "mounted data" in log and "setup-ran-on-" in first.stdout
     assert f"secret sha256 {hashlib.sha256(CANARY.encode()).hexdigest()[:16]}" in log
     assert (exp / "first" / "outputs" / "result.txt").read_text() == "metric=0.9\n"  # synced back
     job = manifest(exp / "first")["jobs"][0]
-    assert job["job_id"] == "hpc-e2e-reuse/1" and job["state"] == "COMPLETED" and job["exit_code"] == "0"
+    assert job["job_id"] == f"{cluster}/1" and job["state"] == "COMPLETED" and job["exit_code"] == "0"
     status = run_cloud("-m", "hpc.launch", "status", str(exp / "first"), env=sky.env)
     assert status.returncode == 0 and "COMPLETED" in status.stdout, status.stdout + status.stderr
     listed = run_cloud("-m", "hpc.launch", "list", "--experiments_dir", str(exp), env=sky.env)
     assert "first" in listed.stdout and "COMPLETED" in listed.stdout, listed.stdout + listed.stderr
 
     second = sky.launch("--job_type", "run", "--command", "echo second job; exit 7", "--workdir", str(workdir),
-                        "--cluster-name", "hpc-e2e-reuse", "--down", "--experiments_dir", str(exp),
+                        "--cluster-name", cluster, "--down", "--experiments_dir", str(exp),
                         "--job_name", "second")
     assert second.returncode == 1, second.stdout[-3000:] + second.stderr
-    assert "reusing SkyPilot cluster hpc-e2e-reuse" in second.stdout and "exit code 7" in second.stdout
+    assert f"reusing SkyPilot cluster {cluster}" in second.stdout and "exit code 7" in second.stdout
     job = manifest(exp / "second")["jobs"][0]
-    assert job["job_id"] == "hpc-e2e-reuse/2" and job["state"] == "FAILED" and job["exit_code"] == "7"
+    assert job["job_id"] == f"{cluster}/2" and job["state"] == "FAILED" and job["exit_code"] == "7"
     logs = run_cloud("-m", "hpc.launch", "logs", str(exp / "second"), env=sky.env)
     assert "second job" in logs.stdout, logs.stdout + logs.stderr
-    assert slurm_jobs_of("hpc-e2e-reuse") == []
+    assert slurm_jobs_of(cluster) == []
     for text in (first.stdout, first.stderr, second.stdout, second.stderr,
                  *(p.read_text(errors="replace") for p in exp.rglob("*") if p.is_file())):
         assert CANARY not in text
 
 
 def test_two_nodes_see_both_ranks_and_ctrl_c_leaves_nothing_on_slurm(sky, tmp_path):
-    exp = tmp_path / "exp"
+    exp, cluster = tmp_path / "exp", unique_name("two")
     env = {**os.environ, **sky.env,
            "PYTHONPATH": os.pathsep.join((str(ROOT), sky.env["PYTHONPATH"]))}
     proc = subprocess.Popen(
         [str(cloud_python()), "-u", "-m", "hpc.launch", "--backend", "skypilot", "--job_type", "run", "--command",
          'echo "rank=$SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES on $SLURMD_NODENAME"; sleep 600',
          "--workdir", str(tmp_path), "--num_nodes", "2", "--cloud-provider", "slurm/localslurm/gpu",
-         "--cluster-name", "hpc-e2e-two", "--down", "--experiments_dir", str(exp), "--job_name", "two"],
+         "--cluster-name", cluster, "--down", "--experiments_dir", str(exp), "--job_name", "two"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, preexec_fn=interruptible)
     output: list[str] = []
 
@@ -145,10 +145,10 @@ def test_two_nodes_see_both_ranks_and_ctrl_c_leaves_nothing_on_slurm(sky, tmp_pa
     finally:  # a failed test must not leave the launch (and its nodes) to the tests after it
         if proc.poll() is None:
             proc.kill()
-            run_cloud("-c", "from hpc.backends.skypilot import lifecycle; lifecycle.down('hpc-e2e-two')", env=sky.env)
+            run_cloud("-c", f"from hpc.backends.skypilot import lifecycle; lifecycle.down({cluster!r})", env=sky.env)
     reader.join(timeout=10)
     assert proc.returncode == 130, "".join(output)[-3000:]
-    assert slurm_jobs_of("hpc-e2e-two") == []
+    assert slurm_jobs_of(cluster) == []
     job = manifest(exp / "two")["jobs"][0]
     assert job["state"] == "CANCELLED" and "Ctrl-C" in job["reason"]
 
@@ -185,22 +185,22 @@ def _allocations(cluster: str) -> list[str]:
 def test_gpu_task_gets_typed_gpus_then_a_timeout_cancels_it_and_down_leaves_nothing(sky, tmp_path):
     """H100:1 lands on the local cluster's typed GRES (gpu:h100); a second job on that cluster outlives
     --timeout_minutes, is cancelled, and --down tears the cluster down."""
-    exp = tmp_path / "exp"
+    exp, cluster = tmp_path / "exp", unique_name("gpu")
     gpu = sky.launch("--job_type", "run", "--command", 'echo "gpus per node: $SKYPILOT_NUM_GPUS_PER_NODE"',
                      "--workdir", str(tmp_path), "--accelerator", "H100:1", "--cloud-provider",
-                     "slurm/localslurm/gpu", "--cluster-name", "hpc-e2e-gpu", "--experiments_dir", str(exp),
+                     "slurm/localslurm/gpu", "--cluster-name", cluster, "--experiments_dir", str(exp),
                      "--job_name", "gpu")
     assert gpu.returncode == 0, gpu.stdout[-3000:] + gpu.stderr
     assert "gpus per node: 1" in "".join(p.read_text() for p in (exp / "gpu" / "logs").glob("*.out"))
-    assert any("gres/gpu:h100=1" in tres for tres in _allocations("hpc-e2e-gpu")), _allocations("hpc-e2e-gpu")
+    assert any("gres/gpu:h100=1" in tres for tres in _allocations(cluster)), _allocations(cluster)
 
     started = time.monotonic()
     slow = sky.launch("--job_type", "run", "--command", "echo started; sleep 600", "--workdir", str(tmp_path),
-                      "--cluster-name", "hpc-e2e-gpu", "--timeout_minutes", "0.75", "--down",
+                      "--cluster-name", cluster, "--timeout_minutes", "0.75", "--down",
                       "--experiments_dir", str(exp), "--job_name", "slow")
     assert slow.returncode == 1, slow.stdout[-3000:] + slow.stderr
     assert time.monotonic() - started < 300  # not the 600 s the command asked for
     job = manifest(exp / "slow")["jobs"][0]
     assert job["state"] == "TIMEOUT" and job["reason"] == "cancelled after --timeout_minutes 0.75", job
-    assert "reusing SkyPilot cluster hpc-e2e-gpu" in slow.stdout and "tearing down hpc-e2e-gpu" in slow.stdout
-    assert slurm_jobs_of("hpc-e2e-gpu") == []
+    assert f"reusing SkyPilot cluster {cluster}" in slow.stdout and f"tearing down {cluster}" in slow.stdout
+    assert slurm_jobs_of(cluster) == []
