@@ -52,10 +52,12 @@ def record(manifest: Manifest, states: dict[str, JobStatus]) -> None:
 
 
 def exit_code(manifest: Manifest) -> int:
+    """RUNNING while a submitted job is not over; then 0 only if every job of the experiment ran and ended well (a
+    job that was never submitted, e.g. after a refused sbatch, makes it 1)."""
     jobs = manifest.submitted
     if any(not j.state.done for j in jobs):
         return RUNNING
-    return 0 if all(ended_well(j) for j in jobs) else 1
+    return 0 if len(jobs) == len(manifest.jobs) and all(ended_well(j) for j in jobs) else 1
 
 
 def table(manifest: Manifest, states: dict[str, JobStatus], backend: Backend) -> str:

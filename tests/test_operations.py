@@ -113,6 +113,8 @@ C, F, X, P, R = State.COMPLETED, State.FAILED, State.CANCELLED, State.PENDING, S
     ([("train", State.NODE_FAIL, "1")], 1),
     ([("train", State.PREEMPTED, "1")], 1),
     ([("train", State.SUBMIT_FAILED, "1")], 1),
+    ([("train", C, "1"), ("eval", State.SUBMIT_FAILED, None)], 1),  # a job that never ran
+    ([("train", C, "1"), ("eval", State.PLANNED, None)], 1),
     ([("train", C, "1"), ("eval", P, "2")], 3),
     ([("train", R, "1"), ("eval", P, "2")], 3),
     ([("train", F, "1"), ("eval", P, "2")], 3),  # still queued beats failed: it is not over
