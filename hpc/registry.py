@@ -30,14 +30,13 @@ from typing import Any
 
 from hpc.errors import LaunchError, run_reporting
 from hpc.records import record
+from hpc.secret_rule import secret_setting
 
 PROG = "hpc-registry"
 TRAINING_TYPES = ("SFT", "RL")
 URL_ENV, KEY_ENV, WANDB_KEY_ENV = "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "WANDB_API_KEY"
 #: Seconds a request may go unanswered (default 30 each).
 SUPABASE_TIMEOUT_ENV, WANDB_TIMEOUT_ENV = "HPC_LAUNCH_SUPABASE_TIMEOUT", "HPC_LAUNCH_WANDB_TIMEOUT"
-#: Config keys whose values never leave the cluster (hf_hub_token, ms_hub_token, wandb api_key, ...).
-_SECRET_KEY = re.compile(r"(?:^|_)(?:token|api_?key|secret|password|passwd)$", re.I)
 _SEGMENT = r"[A-Za-z0-9][\w.-]*"
 _RUN_PATH = re.compile(rf"({_SEGMENT})/({_SEGMENT})/({_SEGMENT})")
 _RUN_URL = re.compile(rf"https?://[^/\s]+(?:/wandb)?/({_SEGMENT})/({_SEGMENT})/runs/({_SEGMENT})(?:[/?#]\S*)?")
@@ -124,7 +123,7 @@ def scrub(text: str) -> str:
 def redact(value: Any) -> Any:
     """Training parameters with the values of secret-looking keys (e.g. hf_hub_token) replaced."""
     if isinstance(value, Mapping):
-        return {k: "<redacted>" if _SECRET_KEY.search(str(k)) and v else redact(v) for k, v in value.items()}
+        return {k: "<redacted>" if secret_setting(k, v) else redact(v) for k, v in value.items()}
     return [redact(v) for v in value] if isinstance(value, list) else value
 
 

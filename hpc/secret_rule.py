@@ -49,6 +49,13 @@ def secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(upper)) and not _LOCATION.match(upper)
 
 
+def secret_setting(key: object, value: object) -> bool:
+    """Whether a config's key/value pair is a secret by its name: text under a secret-looking key that does not name
+    vocabulary tokens (numbers, booleans and empty values are not secrets)."""
+    return (isinstance(value, str) and bool(value) and secret_name(str(key))
+            and not _VOCABULARY_KEY.search(str(key)))
+
+
 def login_secrets(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The login environment's secret-named variables that hold a value long enough to look for."""
     return {name: value for name, value in environ.items() if secret_name(name) and len(value) >= MIN_SECRET_LENGTH}
@@ -98,7 +105,7 @@ def check_config(where: str, config: object, environ: Mapping[str, str] = os.env
         if isinstance(value, Mapping):
             for key, item in value.items():
                 inner = f"{path}.{key}" if path else str(key)
-                if isinstance(item, str) and item and secret_name(str(key)) and not _VOCABULARY_KEY.search(str(key)):
+                if secret_setting(key, item):
                     raise LaunchError(f"{where}: {inner} looks like a secret; {FIX} (jobs read it from the "
                                       "environment)")
                 walk(item, inner)
