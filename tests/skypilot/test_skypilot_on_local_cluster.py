@@ -154,25 +154,26 @@ def test_two_nodes_see_both_ranks_and_ctrl_c_leaves_nothing_on_slurm(sky, tmp_pa
 
 
 @pytest.mark.ml
-@pytest.mark.skipif(os.environ.get("HPC_SKYPILOT_TRAIN") != "1", reason="about 4 minutes: HPC_SKYPILOT_TRAIN=1 runs it")
 def test_two_node_train_then_consolidate_and_eval_on_one_cluster(sky, tmp_path):
     """LLaMA-Factory ZeRO-3 on 2 nodes (torchrun over SKYPILOT_NODE_IPS), then consolidate and eval exec'd on the
-    same cluster. Paths are absolute: the cluster is this machine, and build/ is not in the synced repo."""
-    tiny, exp = ROOT / "build" / "tiny", tmp_path / "exp"
+    same cluster. Paths are absolute: the cluster is this machine, and build/ is not in the synced repo. About four
+    minutes."""
+    tiny, exp, cluster = ROOT / "build" / "tiny", tmp_path / "exp", unique_name("tr")
     result = sky.launch("--cluster", "local", "--train_config_path", "examples/train/tiny_sft_zero3.yaml",
                         "--model_name_or_path", str(tiny / "model"), "--dataset_dir", str(tiny / "data"),
                         "--gpus_per_node", "0", "--num_nodes", "2", "--consolidate",
                         "--eval_tasks", str(tiny / "data" / "tiny_eval.json"), "--cloud-provider",
                         "slurm/localslurm/gpu", "--checkpoints_dir", str(tmp_path / "ckpt"), "--down",
-                        "--experiments_dir", str(exp), "--job_name", "tr")
+                        "--cluster-name", cluster, "--experiments_dir", str(exp), "--job_name", "tr")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr
     jobs = manifest(exp / "tr")["jobs"]
     assert [(j["key"], j["job_id"], j["state"]) for j in jobs] == [
-        ("train", "hpc-tr/1", "COMPLETED"), ("consolidate", "hpc-tr/2", "COMPLETED"), ("eval", "hpc-tr/3", "COMPLETED")]
-    log = (exp / "tr" / "logs" / "tr_hpc-tr_1.out").read_text()
+        ("train", f"{cluster}/1", "COMPLETED"), ("consolidate", f"{cluster}/2", "COMPLETED"),
+        ("eval", f"{cluster}/3", "COMPLETED")]
+    log = (exp / "tr" / "logs" / f"tr_{cluster}_1.out").read_text()
     assert "node rank 0 of 2" in log and "node rank 1 of 2" in log and "train_loss" in log
     assert json.loads((exp / "tr" / "eval" / "results.json").read_text())["examples"] > 0
-    assert slurm_jobs_of("hpc-tr") == []
+    assert slurm_jobs_of(cluster) == []
 
 
 def _allocations(cluster: str) -> list[str]:
