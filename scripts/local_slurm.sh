@@ -18,6 +18,7 @@
 #   LOCAL_SLURM_GPU_NODES=2 LOCAL_SLURM_CPU_NODES=1 LOCAL_SLURM_GPUS_PER_NODE=4
 #   LOCAL_SLURM_GPU_TYPE=h100 (the GRES type: typed GRES as real sites have; `--gres=gpu:N` takes any)
 #   LOCAL_SLURM_NODE_CPUS=4 LOCAL_SLURM_NODE_MEM_MB=16384 LOCAL_SLURM_USERS=root
+#   LOCAL_SLURM_MAX_ARRAY_SIZE=1001 (MaxArraySize; the split-array test runs with 10, then restores the default)
 #   LOCAL_SLURM_PORT=6817 (slurmctld; slurmdbd +2, node i +4+i)  LOCAL_SLURM_SMOKE=1 (srun smoke
 #   test after a (re)start; 0 disables it)
 # Logs: /var/log/slurm/*.log and /var/log/local-slurm/ (apt, daemon stdout/stderr). Run as root.
@@ -27,7 +28,7 @@ export LC_ALL=C DEBIAN_FRONTEND=noninteractive PATH=/usr/sbin:/usr/bin:/sbin:/bi
 GPU_NODES=${LOCAL_SLURM_GPU_NODES:-2}  CPU_NODES=${LOCAL_SLURM_CPU_NODES:-1}
 GPUS=${LOCAL_SLURM_GPUS_PER_NODE:-4}   NODE_CPUS=${LOCAL_SLURM_NODE_CPUS:-4}  GPU_TYPE=${LOCAL_SLURM_GPU_TYPE:-h100}
 NODE_MEM=${LOCAL_SLURM_NODE_MEM_MB:-16384} USERS=${LOCAL_SLURM_USERS:-root} SMOKE=${LOCAL_SLURM_SMOKE:-1}
-PORT=${LOCAL_SLURM_PORT:-6817} CLUSTER=local ACCOUNT=testacct DB=slurm_acct_db
+PORT=${LOCAL_SLURM_PORT:-6817} CLUSTER=local ACCOUNT=testacct DB=slurm_acct_db MAX_ARRAY=${LOCAL_SLURM_MAX_ARRAY_SIZE:-1001}
 RUN=/run/local-slurm LOG=/var/log/local-slurm SLOG=/var/log/slurm ETC=/etc/slurm LIB=/var/lib/slurm
 GPUDIR=/var/lib/local-slurm/gpus MYCNF=/etc/mysql/mariadb.conf.d/90-local-slurm.cnf
 PKGS=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server)
@@ -207,7 +208,7 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1000                       # else a job without --mem takes the whole node
 EnforcePartLimits=ALL                   # reject a too-long --time at submit instead of pending
 MaxJobCount=50000                       # 10,000-task arrays fit (benchmarks/bench_status.py) beside other jobs
-MaxArraySize=1001                       # SLURM's default: bigger datagen launches split into several arrays
+MaxArraySize=$MAX_ARRAY                 # SLURM's default 1001: bigger datagen launches split into several arrays
 GresTypes=gpu
 PriorityType=priority/multifactor
 PriorityWeightQOS=10000
@@ -347,6 +348,7 @@ cmd_up() {
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number (got '${!v}')"; done
   ((GPUS > 0 && NODE_CPUS > 0 && ${#NODES[@]} > 0)) || die "need at least one node, one GPU per gpu node and one CPU"
   [[ $GPU_TYPE =~ ^[a-z0-9_-]+$ ]] || die "LOCAL_SLURM_GPU_TYPE must be a lower-case GRES type such as h100 (got '$GPU_TYPE')"
+  [[ $MAX_ARRAY =~ ^[1-9][0-9]*$ ]] || die "LOCAL_SLURM_MAX_ARRAY_SIZE must be a whole number of at least 1 (got '$MAX_ARRAY')"
   lock
   install_packages
   # slurmctld must resolve its own name, and slurmdbd's DbdHost is localhost
