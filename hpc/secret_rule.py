@@ -89,12 +89,6 @@ def value_problem(text: str, secrets: Mapping[str, str]) -> str | None:
     return None
 
 
-def check_value(where: str, value: object, environ: Mapping[str, str] = os.environ) -> None:
-    """Refuse a value that holds a secret (`where` names it: "dotenv file F: the value of KEY")."""
-    if isinstance(value, str) and (problem := value_problem(value, login_secrets(environ))):
-        raise LaunchError(f"{where} holds {problem}; {FIX}")
-
-
 def check_config(where: str, config: object, environ: Mapping[str, str] = os.environ) -> None:
     """Every key and value of a config (nested mappings and lists): a secret-named key with a text value, or a value
     that holds a secret, is refused. Numbers and booleans under secret-looking names (max_new_tokens: 512) are not
