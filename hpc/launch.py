@@ -11,13 +11,13 @@ import argparse
 import os
 import sys
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import fields
 
 from hpc import __version__
 from hpc.errors import LaunchError, printable, run_reporting
 from hpc.jobs import JOB_TYPES
-from hpc.options import GROUPS, LaunchOptions, parse_float
+from hpc.options import GROUPS, HELP_ALWAYS, HELP_BY_BACKEND, HELP_BY_JOB_TYPE, LaunchOptions, parse_float
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,11 +45,12 @@ def _snake(word: str, options: Mapping[str, object]) -> str:
     return word
 
 
-def _add(group: argparse._ActionsContainer, f) -> None:
-    """One option, --snake_case (options.py evaluates its annotations: f.type is the type)."""
+def _add(group: argparse._ActionsContainer, f, listed: bool = True) -> None:
+    """One option, --snake_case (options.py evaluates its annotations: f.type is the type); unlisted ones are
+    accepted but left out of --help."""
     spec = dict(f.metadata.get("argparse", {}))
     kind = f.type
-    kwargs: dict[str, object] = {"dest": f.name, "help": f.metadata.get("help")}
+    kwargs: dict[str, object] = {"dest": f.name, "help": f.metadata.get("help") if listed else argparse.SUPPRESS}
     if spec.pop("optional_bool", False):  # --x / --no-x (for bool, or bool | None with None = automatic)
         kwargs.update(action=argparse.BooleanOptionalAction, default=None)
     elif kind is bool:
@@ -61,23 +62,46 @@ def _add(group: argparse._ActionsContainer, f) -> None:
     group.add_argument(f"--{f.name}", **kwargs)  # type: ignore[arg-type]
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(shown: Collection[type] = GROUPS) -> argparse.ArgumentParser:
+    """The launch parser: every option is accepted; only those of the `shown` groups are listed by --help."""
     p = _Parser(prog="hpc-launch", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Turn ML work into SLURM jobs on this cluster.\n\nAfter a launch: hpc-launch list | status "
-                            "EXPERIMENT | logs EXPERIMENT [JOB] | cancel EXPERIMENT [JOB] | retry EXPERIMENT "
-                            "(hpc-launch VERB --help)\nClouds (SkyPilot): hpc-launch providers [NAME] [--check] | "
-                            "ssh-pool POOL --host H ...")
+                usage="hpc-launch [--job_type TYPE] [--backend slurm|skypilot] [OPTIONS]\n"
+                      "       hpc-launch VERB ... (list, status, logs, cancel, retry, providers, ssh-pool)",
+                description="Turn ML work into jobs on this cluster (SLURM) or on clouds (SkyPilot).",
+                epilog=_HELP_EPILOG)
     p.add_argument("--version", action="version", version=f"hpc-launch {__version__}")
     for cls in GROUPS:
-        group = p.add_argument_group(cls.__doc__)
+        group = p.add_argument_group(cls.__doc__) if cls in shown else p
         for f in fields(cls):
             if f.name == "job_type":
                 group.add_argument("--job_type", dest="job_type", choices=tuple(JOB_TYPES), default=None,
-                                   help="what to launch: " + "; ".join(f"{t.name}: {t.help}" for t in JOB_TYPES.values())
-                                   + " (default: train)")
+                                   help="what to launch (default: train)")
             else:
-                _add(group, f)
+                _add(group, f, listed=cls in shown)
     return p
+
+
+_HELP_EPILOG = (
+    "job types (hpc-launch --job_type TYPE --help lists its options):\n"
+    + "".join(f"  {t.name:<12} {t.help}\n" for t in JOB_TYPES.values())
+    + "backends: slurm (default) | skypilot (hpc-launch --backend skypilot --help lists the cloud options)\n"
+    "after a launch: hpc-launch list | status EXP | logs EXP [JOB] | cancel EXP [JOB] | retry EXP "
+    "(hpc-launch VERB --help)\nclouds: hpc-launch providers [NAME] [--check] | ssh-pool POOL --host H ...\n"
+    "docs: README.md and docs/ in the repository")
+
+
+def help_groups(argv: Sequence[str]) -> tuple[type, ...]:
+    """The option groups `hpc-launch ... --help` lists, by the --job_type and --backend given with it."""
+    def value(flag: str) -> str | None:
+        for i, word in enumerate(argv):
+            if word == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if word.startswith(flag + "="):
+                return word.split("=", 1)[1]
+        return None
+
+    job_type, backend = value("--job_type") or value("--job-type"), value("--backend")
+    return (*HELP_ALWAYS, *HELP_BY_JOB_TYPE.get(job_type or "", ()), *HELP_BY_BACKEND.get(backend or "", ()))
 
 
 def options_from_args(args: argparse.Namespace) -> LaunchOptions:
@@ -140,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LaunchError as exc:
         print(f"hpc-launch: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if any(word in ("-h", "--help") for word in argv[:argv.index("--") if "--" in argv else len(argv)]):
+        p = parser(help_groups(argv))
     args = p.parse_args(argv)
     return run_reporting("hpc-launch", lambda: run(options_from_args(args)))
 

@@ -61,6 +61,9 @@ class CommonOptions:
     """launch"""
 
     job_type: str = flag("train", "what to launch (default: train)")
+    backend: str = flag("slurm", "where jobs run: slurm, or skypilot (clouds, Kubernetes, SSH node pools and "
+                                 "Slurm through SkyPilot; pip install 'hpc-launch[cloud]') (default: slurm)",
+                        choices=("slurm", "skypilot"))
     cluster: str | None = flag(help="cluster profile name (default: detected from SLURM's ClusterName, then the hostname)")
     job_name: str | None = flag(help="job name and experiment directory name (default: <config>_<timestamp>)")
     experiments_dir: str | None = flag(help="where experiment directories go (default: $EXPERIMENTS_DIR from the "
@@ -294,9 +297,6 @@ class RunOptions:
 class CloudOptions:
     """clouds (--backend skypilot): infra, resources, lifecycle"""
 
-    backend: str = flag("slurm", "where jobs run: slurm, or skypilot (clouds, Kubernetes, SSH node pools and "
-                                 "Slurm through SkyPilot; pip install 'hpc-launch[cloud]') (default: slurm)",
-                        choices=("slurm", "skypilot"))
     cloud_provider: str | None = flag(help="SkyPilot infra, comma-separated fallbacks in order, e.g. gcp,aws,lambda "
                                            "or slurm/mycluster (default: any enabled)")
     accelerator: str | None = flag(help="GPUs, comma-separated fallbacks in order, e.g. H100:1,A100-80GB:1 "
@@ -323,6 +323,12 @@ class CloudOptions:
 
 GROUPS: tuple[type, ...] = (CommonOptions, ResourceOptions, PathOptions, TrainOptions, ConsolidateOptions,
                             DatagenOptions, EvalOptions, RunOptions, CloudOptions)
+#: What `--help` shows: always these groups; with --job_type X also X's; with --backend skypilot also the cloud's.
+HELP_ALWAYS: tuple[type, ...] = (CommonOptions, ResourceOptions)
+HELP_BY_JOB_TYPE: dict[str, tuple[type, ...]] = {
+    "train": (PathOptions, TrainOptions, ConsolidateOptions, EvalOptions), "datagen": (DatagenOptions,),
+    "consolidate": (ConsolidateOptions, EvalOptions), "eval": (EvalOptions,), "run": (RunOptions,)}
+HELP_BY_BACKEND: dict[str, tuple[type, ...]] = {"slurm": (), "skypilot": (CloudOptions,)}
 
 
 @record(frozen=False, eq=True)

@@ -58,7 +58,7 @@ def test_a_train_dry_run_imports_only_what_train_needs_and_fills_the_cache(tmp_p
 
 
 def test_help_imports_neither_templates_nor_yaml(tmp_path):
-    modules, out = _launch(tmp_path, "--help")
+    modules, out = _launch(tmp_path, "--job_type", "train", "--help")
     assert "--train_config_path" in out
     assert not modules & {"jinja2", "yaml", "hpc.spec", "hpc.profiles", "dotenv"}, modules
 
