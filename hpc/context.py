@@ -9,10 +9,11 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from hpc.backends import Limits
 from hpc.envfiles import SECRETS_ENV, check_secrets_file, read_dotenv, resolve_dotenv_path
 from hpc.errors import LaunchError
 from hpc.options import LaunchOptions, PathOptions
-from hpc.profiles import ClusterProfile, detect_profile, get_profile
+from hpc.profiles import ClusterProfile, get_profile
 from hpc.records import record
 from hpc.spec import (LONGEST_SUFFIX, MAX_JOB_NAME, Array, Body, Dependency, Job, Prelude, Resources, Tunnel,
                       check_job_name, parse_dependency)
@@ -20,13 +21,6 @@ from hpc.timefmt import format_time, parse_time
 
 #: Networks that never go through the tunnel (cluster-internal traffic), unless the profile says otherwise.
 PRIVATE_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
-
-
-@record
-class Limits:
-    """What the backend allows, asked once per launch (defaults in a dry run)."""
-
-    max_array_size: int = 1001
 
 
 @record
@@ -43,7 +37,12 @@ class Context:
 
 
 def resolve_context(opts: LaunchOptions, environ: Mapping[str, str] = os.environ) -> Context:
-    profile = get_profile(opts.cluster, environ) if opts.cluster else detect_profile(environ)
+    if opts.cluster:
+        profile = get_profile(opts.cluster, environ)
+    else:  # only a SLURM launch detects its cluster (a SkyPilot one names the `cloud` profile)
+        from hpc.backends.slurm.detect import detect_profile
+
+        profile = detect_profile(environ)
     dotenv_path = resolve_dotenv_path(opts.dotenv or profile.dotenv, profile.source)
     env = read_dotenv(dotenv_path)
     for name, variable in PathOptions.VARIABLES.items():

@@ -54,19 +54,29 @@ class PartitionLimits:
 
 
 @record
+class SlurmSettings:
+    """A profile's `slurm:` section: how jobs are asked of SLURM there, read only by the SLURM backend."""
+
+    cluster_names: list[str] = field(default_factory=list)  # ClusterName values (scontrol show config)
+    gpu_request: str = "gres"  # gres: --gres=gpu:N, gpus_per_node: --gpus-per-node=N, none: nodes come whole
+    sbatch_extra: list[str] = field(default_factory=list)
+    export_none: bool = True  # --export=NONE; false where the site forbids --export (TACC)
+    gpu_constraints: dict[str, list[str]] = field(default_factory=dict)  # GPU type -> sbatch options selecting it
+
+
+@record
 class ClusterProfile:
-    """What the launcher needs to know about one cluster (see cluster_profiles/README.md)."""
+    """What the launcher needs to know about one cluster (see cluster_profiles/README.md): the site's facts, and in
+    `slurm` how SLURM is asked for them."""
 
     name: str
     description: str
-    slurm_cluster_names: list[str]
     hostname_patterns: list[str]
     partition: str | None
     account: str | None
     qos: str | None
     gpus_per_node: int
     gpu_type: str | None
-    gpu_request: str
     cpus_per_node: int
     mem_per_node: str | None
     max_time: str
@@ -75,7 +85,6 @@ class ClusterProfile:
     modules: list[str]
     env_activation: str
     dotenv: str
-    sbatch_extra: list[str]
     master_addr_suffix: str
     train_defaults: dict[str, object]
     max_nodes: int | None = None
@@ -87,8 +96,8 @@ class ClusterProfile:
     tunnel_direct: list[str] | None = None
     partitions: dict[str, PartitionLimits] = field(default_factory=dict)
     account_required: bool = False
-    export_none: bool = True
-    gpu_types: dict[str, list[str]] = field(default_factory=dict)
+    gpu_types: list[str] = field(default_factory=list)  # the GPU types --gpu_type can pick (gpu_type: the default)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
     source: Path = field(default=Path(), compare=False)
 
     @property
@@ -108,6 +117,10 @@ _FIELDS = {f.name: f for f in dataclasses.fields(ClusterProfile) if f.name != "s
 _OPTIONAL = {name for name, f in _FIELDS.items()
              if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
 _HINTS = typing.get_type_hints(ClusterProfile)
+_SLURM_HINTS = typing.get_type_hints(SlurmSettings)
+#: Keys that moved into the `slurm:` section (old name -> its name there).
+_MOVED = {"slurm_cluster_names": "cluster_names", "gpu_request": "gpu_request", "sbatch_extra": "sbatch_extra",
+          "export_none": "export_none"}
 
 
 def parse_profile(data: object, source: Path) -> ClusterProfile:
@@ -115,6 +128,13 @@ def parse_profile(data: object, source: Path) -> ClusterProfile:
     where = str(source)
     if not isinstance(data, dict):
         raise LaunchError(f"{where}: a cluster profile must be a YAML mapping of keys to values")
+    moved = next((key for key in data if key in _MOVED), None)
+    if moved:
+        raise LaunchError(f"{where}: key {moved!r} moved into the slurm: section; write it as slurm: "
+                          f"{{{_MOVED[moved]}: ...}} (see cluster_profiles/README.md)")
+    if isinstance(data.get("gpu_types"), dict):
+        raise LaunchError(f"{where}: gpu_types is now a list of GPU type names; their sbatch options go in slurm: "
+                          "{gpu_constraints: {NAME: [OPTIONS]}} (see cluster_profiles/README.md)")
     unknown = sorted(str(key) for key in data if key not in _FIELDS)
     if unknown:
         raise LaunchError(
@@ -125,15 +145,35 @@ def parse_profile(data: object, source: Path) -> ClusterProfile:
         raise LaunchError(f"{where}: missing key {missing[0]!r} (see cluster_profiles/README.md)")
     if "partitions" in data:
         data = {**data, "partitions": _parse_partitions(data["partitions"], where)}
+    if "slurm" in data:
+        data = {**data, "slurm": _parse_slurm(data["slurm"], where)}
     for key, value in data.items():
         if not type_ok(value, _HINTS[key]):
             raise LaunchError(
                 f"{where}: key {key!r} must be {type_name(_HINTS[key])}, got {type(value).__name__} {value!r}"
             )
-    check_config(where, {k: v for k, v in data.items() if k != "partitions"})  # profile values reach job scripts
+    check_config(where, {k: v for k, v in data.items() if k not in ("partitions", "slurm")})  # they reach scripts
     profile = ClusterProfile(**data, source=source)
     _check_values(profile, where)
     return profile
+
+
+def _parse_slurm(raw: object, where: str) -> SlurmSettings:
+    """The `slurm:` section, each key checked like a top-level one."""
+    if not isinstance(raw, dict):
+        raise LaunchError(f"{where}: key 'slurm' must be a mapping of SLURM settings ({', '.join(_SLURM_HINTS)})")
+    unknown = sorted(str(key) for key in raw if key not in _SLURM_HINTS)
+    if unknown:
+        raise LaunchError(f"{where}: unknown key slurm.{unknown[0]}; valid keys are {', '.join(_SLURM_HINTS)}")
+    for key, value in raw.items():
+        if not type_ok(value, _SLURM_HINTS[key]):
+            raise LaunchError(f"{where}: key 'slurm.{key}' must be {type_name(_SLURM_HINTS[key])}, got "
+                              f"{type(value).__name__} {value!r}")
+    check_config(f"{where}: slurm", raw)
+    settings = SlurmSettings(**raw)
+    if settings.gpu_request not in _GPU_REQUESTS:
+        raise LaunchError(f"{where}: key 'slurm.gpu_request' must be one of {', '.join(_GPU_REQUESTS)}")
+    return settings
 
 
 _PARTITION_KEYS = ("max_nodes", "max_time", "time_by_nodes")
@@ -185,6 +225,9 @@ def _check_limits(p: ClusterProfile, where: str) -> None:
                               f"{limits.max_time}")
     if p.gpu_types and p.gpu_type not in p.gpu_types:
         raise LaunchError(f"{where}: key 'gpu_type' must name the default of gpu_types ({', '.join(p.gpu_types)})")
+    unknown = [name for name in p.slurm.gpu_constraints if name not in p.gpu_types]
+    if unknown:
+        raise LaunchError(f"{where}: slurm.gpu_constraints names {unknown[0]!r}, which gpu_types does not list")
 
 
 def _check_values(p: ClusterProfile, where: str) -> None:
@@ -193,8 +236,6 @@ def _check_values(p: ClusterProfile, where: str) -> None:
                           "written into job scripts); rename the profile and its file")
     if p.name != source_stem(p.source):
         raise LaunchError(f"{where}: key 'name' is {p.name!r} but the file is {p.source.name}; make them match")
-    if p.gpu_request not in _GPU_REQUESTS:
-        raise LaunchError(f"{where}: key 'gpu_request' must be one of {', '.join(_GPU_REQUESTS)}")
     if p.gpus_per_node < 0 or p.cpus_per_node < 1:
         raise LaunchError(f"{where}: gpus_per_node must be >= 0 and cpus_per_node >= 1")
     for key in ("partition", "account", "qos", "mem_per_node"):
@@ -270,42 +311,3 @@ def get_profile(name: str, environ: typing.Mapping[str, str] = os.environ) -> Cl
 
 def all_profiles(environ: typing.Mapping[str, str] = os.environ) -> list[ClusterProfile]:
     return [load_profile(path) for path in profile_files(environ).values()]
-
-
-def match_cluster(
-    profiles: list[ClusterProfile], slurm_cluster_name: str | None, hostnames: list[str]
-) -> ClusterProfile | None:
-    """SLURM's ClusterName first, then full-match hostname patterns; None when nothing matches."""
-    if slurm_cluster_name:
-        for p in profiles:
-            if slurm_cluster_name in p.slurm_cluster_names:
-                return p
-    for host in hostnames:
-        for p in profiles:
-            if any(re.fullmatch(pattern, host) for pattern in p.hostname_patterns):
-                return p
-    return None
-
-
-def slurm_cluster_name() -> str | None:
-    """ClusterName from `scontrol show config`, or None where SLURM is not reachable."""
-    from hpc.backends.slurm import show_config
-
-    match = re.search(r"^ClusterName\s*=\s*(\S+)", show_config(), re.MULTILINE)
-    return match.group(1) if match else None
-
-
-def detect_profile(environ: typing.Mapping[str, str] = os.environ) -> ClusterProfile:
-    import socket
-
-    profiles = all_profiles(environ)
-    hostnames = list(dict.fromkeys([socket.gethostname(), socket.getfqdn()]))
-    cluster = slurm_cluster_name()
-    found = match_cluster(profiles, cluster, hostnames)
-    if found is None:
-        seen = f"SLURM ClusterName {cluster!r}, " if cluster else "no SLURM ClusterName, "
-        raise LaunchError(
-            f"cannot tell which cluster this is ({seen}hostname {hostnames[0]!r}); pass --cluster NAME "
-            f"(known: {', '.join(p.name for p in profiles)}) or add a profile to ${PATH_ENV}"
-        )
-    return found

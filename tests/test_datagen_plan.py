@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from helpers import materialized, planned_manifest, script
+from hpc.backends import Limits
 from hpc.backends.slurm.commands import sbatch_argv
 from hpc.backends.slurm.script import shell_words
-from hpc.context import Limits
 from hpc.errors import LaunchError
 from hpc.jobs.datagen import build_plan
 from hpc.jobside.datagen import chunk_bounds, task_list

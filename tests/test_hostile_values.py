@@ -280,7 +280,7 @@ PROFILE_FIELDS: dict[str, Field] = {
     **{key: Field(lambda w, v, key=key: [*RUN, w.profile(**{key: v})])
        for key in ("partition", "account", "qos", "mem_per_node", "description", "master_addr_suffix")},
     "modules": Field(lambda w, v: [*RUN, w.profile(modules=[v])], same),
-    "sbatch_extra": Field(lambda w, v: [*RUN, w.profile(sbatch_extra=[v])]),
+    "sbatch_extra": Field(lambda w, v: [*RUN, w.profile(slurm={"sbatch_extra": [v]})]),
     "eval_command": Field(lambda w, v: [*EVAL, w.profile(eval_command=["python", v, "{model}"])], same),
     "inference_server_command": Field(lambda w, v: [
         *DATAGEN, f"--datagen_config={w.unique('dg.yaml', 'engine: vllm_local')}", "--datagen_model=m",

@@ -3,9 +3,10 @@ import socket
 import pytest
 import yaml
 
-from hpc import profiles
+from hpc.backends.slurm import detect
+from hpc.backends.slurm.detect import match_cluster
 from hpc.errors import LaunchError
-from hpc.profiles import all_profiles, get_profile, load_profile, match_cluster
+from hpc.profiles import all_profiles, get_profile, load_profile
 
 from helpers import local_profile_data
 
@@ -63,7 +64,15 @@ def test_wrong_type_names_file_and_key(tmp_path, key, value, expected):
     "changes, expected",
     [
         ({"name": "other"}, "key 'name' is 'other' but the file is mycluster.yaml"),
-        ({"gpu_request": "gpus"}, "key 'gpu_request' must be one of"),
+        ({"slurm": {"gpu_request": "gpus"}}, "key 'slurm.gpu_request' must be one of"),
+        ({"gpu_request": "gres"}, r"key 'gpu_request' moved into the slurm: section; write it as slurm: {gpu_request"),
+        ({"slurm_cluster_names": ["x"]}, r"moved into the slurm: section; write it as slurm: {cluster_names: ...}"),
+        ({"slurm": {"sbatch_extras": []}}, "unknown key slurm.sbatch_extras; valid keys are cluster_names"),
+        ({"slurm": {"export_none": "no"}}, "key 'slurm.export_none' must be bool"),
+        ({"slurm": ["--exclusive"]}, "key 'slurm' must be a mapping of SLURM settings"),
+        ({"gpu_types": {"big": ["--constraint=big"]}}, "gpu_types is now a list of GPU type names"),
+        ({"gpu_types": ["a"], "gpu_type": "a", "slurm": {"gpu_constraints": {"b": ["-C", "b"]}}},
+         "slurm.gpu_constraints names 'b', which gpu_types does not list"),
         ({"default_time": "13:00:00"}, "default_time 13:00:00 exceeds max_time 12:00:00"),
         ({"partition": "gpu --qos=high"}, "key 'partition' has characters sbatch cannot take"),
         ({"hostname_patterns": ["login[0-9"]}, "is not a valid regex"),
@@ -108,15 +117,15 @@ def _p(tmp_path, name, **changes):
 
 
 def test_cluster_name_wins_over_hostname(tmp_path):
-    a = _p(tmp_path, "alpha1", slurm_cluster_names=["alpha"], hostname_patterns=[])
-    b = _p(tmp_path, "beta1", slurm_cluster_names=[], hostname_patterns=[r"login\d+\.alpha"])
+    a = _p(tmp_path, "alpha1", slurm={"cluster_names": ["alpha"]}, hostname_patterns=[])
+    b = _p(tmp_path, "beta1", slurm={}, hostname_patterns=[r"login\d+\.alpha"])
     assert match_cluster([b, a], "alpha", ["login1.alpha"]) is a
     assert match_cluster([b, a], None, ["login1.alpha"]) is b
     assert match_cluster([b, a], "unknown", ["login1.alpha"]) is b
 
 
 def test_hostname_patterns_match_the_whole_name(tmp_path):
-    capella = _p(tmp_path, "capella1", slurm_cluster_names=[], hostname_patterns=[r"c\d+"])
+    capella = _p(tmp_path, "capella1", slurm={}, hostname_patterns=[r"c\d+"])
     assert match_cluster([capella], None, ["c3"]) is capella
     # a start-anchored re.match would take a Vista compute node for Capella (upstream bug)
     assert match_cluster([capella], None, ["c610-021.vista.tacc.utexas.edu"]) is None
@@ -127,20 +136,20 @@ def test_shipped_patterns_do_not_overlap():
     for p in loaded:
         for other in loaded:
             if other is not p:
-                assert not set(p.slurm_cluster_names) & set(other.slurm_cluster_names), (p.name, other.name)
+                assert not set(p.slurm.cluster_names) & set(other.slurm.cluster_names), (p.name, other.name)
 
 
 def test_detection_failure_says_what_to_do(monkeypatch):
-    monkeypatch.setattr(profiles, "slurm_cluster_name", lambda: None)
+    monkeypatch.setattr(detect, "cluster_name", lambda: None)
     monkeypatch.setattr(socket, "gethostname", lambda: "laptop")
     monkeypatch.setattr(socket, "getfqdn", lambda: "laptop.home")
     with pytest.raises(LaunchError, match="cannot tell which cluster this is .* pass --cluster NAME"):
-        profiles.detect_profile()
+        detect.detect_profile()
 
 
 def test_detection_uses_slurm_cluster_name(monkeypatch):
-    monkeypatch.setattr(profiles, "slurm_cluster_name", lambda: "local")
-    assert profiles.detect_profile().name == "local"
+    monkeypatch.setattr(detect, "cluster_name", lambda: "local")
+    assert detect.detect_profile().name == "local"
 
 
 @pytest.mark.parametrize(
@@ -160,3 +169,20 @@ def test_detection_uses_slurm_cluster_name(monkeypatch):
 def test_bad_optional_values_are_refused(tmp_path, changes, expected):
     with pytest.raises(LaunchError, match=expected):
         load_profile(_write(tmp_path, local_profile_data(**{"name": "mycluster", **changes})))
+
+
+def test_placeholders_fill_every_argument_and_keep_escaped_braces():
+    from hpc.placeholders import fill
+
+    assert fill(["run", "a{{b{x}c}}", 3, "{x}{y}"], {"x": 1, "y": "Y"}, "cmd") == ["run", "a{b1c}", "3", "1Y"]
+
+
+@pytest.mark.parametrize("arg, shown", [("{model:>10}", "{model:>10}"), ("{model!r:>10}", "{model!r:>10}"),
+                                        ("x{tasks!s}", "{tasks!s}"), ("{nope}", "{nope}")])
+def test_a_bad_placeholder_is_shown_whole_with_the_names_that_work(arg, shown):
+    from hpc.placeholders import fill
+
+    with pytest.raises(LaunchError) as err:
+        fill(["run", arg], {"model": "m", "tasks": "t"}, "the x profile's eval_command")
+    assert str(err.value) == (f"the x profile's eval_command has a bad placeholder ({shown}); use {{model}}, {{tasks}}, "
+                              "and {{ }} for a brace")

@@ -196,7 +196,7 @@ def test_every_shipped_profile_loads_with_limits_that_fit():
     assert (loaded["capella"].cpus_per_node, loaded["capella"].max_time) == (56, "7-00:00:00")
     assert loaded["alpha"].cpus_per_node == 46
     assert loaded["lrz"].partition == "mcml-hgx-h100-94x4"
-    assert [p.name for p in loaded.values() if not p.export_none] == ["lonestar", "vista"]
+    assert [p.name for p in loaded.values() if not p.slurm.export_none] == ["lonestar", "vista"]
 
 
 def _write(tmp_path, **changes):
@@ -216,9 +216,10 @@ def _write(tmp_path, **changes):
     ({"partitions": {"gpu": {"max_time": "24:00:00"}}}, "contradicts max_time 12:00:00 of the default partition"),
     ({"partitions": {"cpu": {"max_nodes": 3}}}, r"partitions\.cpu\.max_nodes exceeds max_nodes 2"),
     ({"partitions": {"gpu x": {}}}, "is not one sbatch can take"),
-    ({"gpu_types": {"big": ["--constraint=big"]}}, "key 'gpu_type' must name the default of gpu_types"),
-    ({"gpu_types": {"big": "--constraint=big"}}, "key 'gpu_types' must be dict"),
-    ({"export_none": "no"}, "key 'export_none' must be bool"),
+    ({"gpu_types": ["big"]}, "key 'gpu_type' must name the default of gpu_types"),
+    ({"gpu_types": "big"}, "key 'gpu_types' must be list"),
+    ({"slurm": {"export_none": "no"}}, "key 'slurm.export_none' must be bool"),
+    ({"slurm": {"gpu_constraints": {"big": "--constraint=big"}}}, "key 'slurm.gpu_constraints' must be dict"),
 ])
 def test_bad_site_rules_are_refused_on_load(tmp_path, changes, expected):
     with pytest.raises(LaunchError, match=expected):

@@ -178,8 +178,8 @@ def test_offline_cluster_sets_offline_variables_and_online_does_not(train_yaml, 
 
 
 def test_modules_and_extra_sbatch_lines_come_from_the_profile(train_yaml, tmp_path, user_profiles):
-    user_profiles("modular", modules=["Stages/2025", "CUDA"], sbatch_extra=["--constraint=gpu"], qos="normal",
-                  master_addr_suffix="i", gpu_request="gpus_per_node")
+    user_profiles("modular", modules=["Stages/2025", "CUDA"], qos="normal", master_addr_suffix="i",
+                  slurm={"cluster_names": [], "sbatch_extra": ["--constraint=gpu"], "gpu_request": "gpus_per_node"})
     text = script(build_plan(_opts(train_yaml, tmp_path, cluster="modular")), "train")
     assert "module load Stages/2025 CUDA\n" in text
     assert "#SBATCH --constraint=gpu\n" in text and "#SBATCH --qos=normal\n" in text

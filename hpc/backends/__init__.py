@@ -15,13 +15,19 @@ from typing import TYPE_CHECKING, Protocol
 from hpc.records import record
 
 if TYPE_CHECKING:
-    from hpc.context import Limits
     from hpc.options import LaunchOptions
     from hpc.manifest import JobRecord, Manifest, State
     from hpc.spec import Plan
 
 #: Backend name -> the module holding its `Backend` class (imported only when used).
 BACKENDS = {"slurm": "hpc.backends.slurm", "skypilot": "hpc.backends.skypilot"}
+
+
+@record
+class Limits:
+    """What the backend allows, asked once per launch (defaults in a dry run)."""
+
+    max_array_size: int = 1001
 
 
 @record(eq=True)
@@ -57,7 +63,7 @@ class Materialized:
 class Backend(Protocol):
     name: str
 
-    def limits(self, dry_run: bool) -> "Limits":
+    def limits(self, dry_run: bool) -> Limits:
         """What the backend allows (asks nothing in a dry run)."""
 
     def materialize(self, plan: "Plan") -> Materialized:

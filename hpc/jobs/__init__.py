@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from hpc.records import record
 
 if TYPE_CHECKING:
-    from hpc.context import Limits
+    from hpc.backends import Limits
     from hpc.options import LaunchOptions
     from hpc.spec import Plan
 

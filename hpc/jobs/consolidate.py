@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from hpc import ROOT
-from hpc.context import Launch, Limits, resolve_context
+from hpc.backends import Limits
+from hpc.context import Launch, resolve_context
 from hpc.errors import LaunchError
 from hpc.jobs import evaluate
 from hpc.jobside.consolidate import find_zero_checkpoint, parse_input

@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from hpc import ROOT, yamlio
-from hpc.context import Launch, Limits, resolve_context
+from hpc.backends import Limits
+from hpc.context import Launch, resolve_context
 from hpc.datagen_config import DatagenConfig, agent_kwargs, load_config, needs_server
 from hpc.errors import LaunchError
 from hpc.jobside.datagen import task_names

@@ -16,7 +16,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from hpc import ROOT
-from hpc.context import Context, Launch, Limits, resolve_context
+from hpc.backends import Limits
+from hpc.context import Context, Launch, resolve_context
 from hpc.errors import LaunchError
 from hpc.options import EvalOptions, LaunchOptions
 from hpc.placeholders import fill

@@ -10,7 +10,8 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from hpc.context import Launch, Limits, resolve_context
+from hpc.backends import Limits
+from hpc.context import Launch, resolve_context
 from hpc.errors import LaunchError
 from hpc.options import LaunchOptions
 from hpc.pipeline import finish

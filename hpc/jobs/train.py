@@ -10,7 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hpc import ROOT, yamlio
-from hpc.context import Launch, Limits
+from hpc.backends import Limits
+from hpc.context import Launch
 from hpc.errors import LaunchError
 from hpc.jobs import evaluate
 from hpc.lf_check import check_train_config

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from hpc.backends import JobStatus, Materialized
+from hpc.backends import JobStatus, Limits, Materialized
 from hpc.backends.skypilot.task import TASKS, Cloud, task_config
-from hpc.context import Limits
 from hpc.errors import LaunchError
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.options import LaunchOptions

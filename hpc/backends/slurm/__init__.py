@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpc.backends import JobStatus, Materialized
+from hpc.backends import JobStatus, Limits, Materialized
 from hpc.backends.slurm import commands as cmd
 from hpc.backends.slurm.script import render
-from hpc.context import Limits
 from hpc.errors import LaunchError, SlurmError
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.spec import PROGRAMS, Dependency, Plan
@@ -81,10 +80,10 @@ class Backend:
         if asked is False:
             return
         if dry_run:
-            from hpc.profiles import slurm_cluster_name
+            from hpc.backends.slurm.detect import cluster_name
 
-            here = slurm_cluster_name()
-            if here not in plan.profile.slurm_cluster_names:
+            here = cluster_name()
+            if here not in plan.profile.slurm.cluster_names:
                 if asked:
                     raise LaunchError(f"--validate needs a SLURM controller of {plan.cluster}, but "
                                       + (f"this node's is cluster {here!r}" if here else "none answers here")

@@ -94,7 +94,7 @@ REFUSAL_HINTS = (
     ("account", "check --account/--partition"),
     ("partition", "check --partition"),
     ("time limit", "ask for no more time than the partition's MaxTime"),
-    ("gres", "check --gpus_per_node and the profile's gpu_request/gpu_type"),
+    ("gres", "check --gpus_per_node and the profile's gpu_type and slurm.gpu_request"),
     ("node configuration", "no node has that many GPUs, CPUs or that much memory: check --gpus_per_node and "
                            "the profile's gpus_per_node/cpus_per_node/mem_per_node"),
     ("node count", "check --num_nodes"),

@@ -126,16 +126,16 @@ def environment(override: str | None) -> jinja2.Environment:
 
 
 def header(job: Job, profile: ClusterProfile, experiment_dir: Path) -> SbatchHeader:
-    r = job.resources
+    r, slurm = job.resources, profile.slurm
     log = "%x_%A_%a.out" if job.array else "%x_%j.out"
     return SbatchHeader(job_name=job.name, partition=r.partition, account=r.account, qos=r.qos, nodes=r.nodes,
-                        cpus_per_task=r.cpus_per_node, gpus=_gpu_request(r.gpus_per_node, profile.gpu_request),
+                        cpus_per_task=r.cpus_per_node, gpus=_gpu_request(r.gpus_per_node, slurm.gpu_request),
                         mem=r.mem, time=r.time_limit, log_pattern=str(experiment_dir / "logs" / log),
                         workdir=str(job.prelude.workdir),
-                        extra=(*profile.gpu_types.get(r.gpu_type or "", ()), *profile.sbatch_extra),
+                        extra=(*slurm.gpu_constraints.get(r.gpu_type or "", ()), *slurm.sbatch_extra),
                         requeue=job.requeue,
                         signal=f"B:USR1@{job.body.signal_seconds}" if isinstance(job.body, Train) else None,
-                        export_none=profile.export_none)
+                        export_none=slurm.export_none)
 
 
 def _gpu_request(gpus: int, how: str) -> str | None:
