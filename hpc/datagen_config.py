@@ -20,9 +20,9 @@ from hpc import ROOT
 from hpc.context import Context
 from hpc.datagen_schema import TOP, VLLM_LOCAL, check_ours, normalize, unknown_key, vllm_serve
 from hpc.errors import LaunchError
+from hpc.hub_ids import check_repo_id
 from hpc.options import DatagenOptions
 from hpc.placeholders import fill
-from hpc.prefetch import check_repo_id
 from hpc.profiles import profile_dirs
 from hpc.readers import load_json, read_yaml
 from hpc.records import record

@@ -19,7 +19,7 @@ import yaml
 
 from hpc import yamlio
 from hpc.errors import LaunchError
-from hpc.prefetch import REPO_ID
+from hpc.hub_ids import REPO_ID
 from hpc.readers import read_json
 
 #: The fork's top-level format keys -> where a dataset_info.json entry keeps them.
@@ -53,14 +53,14 @@ def _apply(entry: dict, settings: Mapping[str, object]) -> dict:
     return entry
 
 
-def _local_info(config: Mapping[str, object], workdir: Path) -> tuple[Path | None, dict]:
-    """(dataset dir, its dataset_info.json entries); ONLINE or no file: (dir or None, {})."""
+def dataset_info(config: Mapping[str, object], workdir: Path) -> tuple[Path | None, dict | None]:
+    """(dataset dir, its dataset_info.json entries); (None, {}) for ONLINE; (dir, None) when there is no file."""
     dataset_dir = str(config.get("dataset_dir", "data"))
     if dataset_dir == "ONLINE":
         return None, {}
     path = (workdir / dataset_dir / "dataset_info.json").resolve()
     if not os.path.lexists(path):
-        return path.parent, {}
+        return path.parent, None
     return path.parent, read_dataset_info(path)
 
 
@@ -80,7 +80,8 @@ def resolve_datasets(config: dict[str, object], workdir: Path, experiment_dir: P
     to write into the experiment (config's dataset_dir then points there), or None when nothing changed."""
     settings = {key: config.pop(key) for key in list(config) if key in FORMAT_KEYS}
     used = names(config.get("dataset")) + names(config.get("eval_dataset"))
-    base, info = _local_info(config, workdir)
+    base, found = dataset_info(config, workdir)
+    info = found or {}
     entries: dict[str, dict] = {}
     hub = False
     for name in used:

@@ -9,25 +9,16 @@ the one side effect of planning; a dry run only lists what it would fetch.
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
 
 from hpc.errors import LaunchError
+from hpc.hub_ids import hub_reference
+from hpc.lf_data import dataset_info, names
 from hpc.records import record
 
-#: A Hugging Face repo id: org/name.
-#: org/name as the Hub takes it: word characters, '.' and '-', neither at either end of a part, no '..' or '--'.
-REPO_ID = re.compile(r"(?!.*(\.\.|--))[A-Za-z0-9](?:[\w.-]*\w)?/\w(?:[\w.-]{0,94}\w)?")
-
-
-def check_repo_id(repo: str, flag: str) -> None:
-    """Refuse what is not an org/name Hub id (names `flag` in the message)."""
-    if not REPO_ID.fullmatch(repo):
-        raise LaunchError(f"{flag} {repo!r} is not a Hugging Face repo id; write it as org/name")
 #: File types LLaMA-Factory reads from a dataset directory (its FILEEXT2TYPE).
 DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"}
 #: report_to integrations that need the network at run time (wandb has an offline mode).
@@ -57,14 +48,6 @@ class Localized:
     files: dict[str, str] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)  # relative path in the experiment -> target
     notes: list[str] = field(default_factory=list)
-
-
-def hub_reference(value: object, workdir: Path) -> tuple[str, str | None] | None:
-    """(repo_id, revision) when `value` names a Hub repo rather than an existing local path."""
-    if not isinstance(value, str) or value.startswith(("/", "./", "../", "~")) or os.path.exists(workdir / value):
-        return None
-    repo, _, revision = value.partition("@")
-    return (repo, revision or None) if REPO_ID.fullmatch(repo) else None
 
 
 def cache_dir(env: Mapping[str, str]) -> Path | None:
@@ -136,24 +119,6 @@ def _data_files(snapshot: Path) -> list[Path]:
     return [p for p in files if p.suffix == suffix]
 
 
-def _dataset_info(config: Mapping[str, object], workdir: Path) -> tuple[Path | None, dict | None]:
-    """(dataset dir, its dataset_info.json) ; (None, {}) for ONLINE; (dir, None) when there is no file."""
-    dataset_dir = str(config.get("dataset_dir", "data"))
-    if dataset_dir == "ONLINE":
-        return None, {}
-    path = (workdir / dataset_dir / "dataset_info.json").resolve()
-    if not os.path.lexists(path):
-        return path.parent, None
-    from hpc.lf_data import read_dataset_info  # lf_data imports this module
-
-    return path.parent, read_dataset_info(path)
-
-
-def _names(value: object) -> list[str]:
-    items = value if isinstance(value, list) else str(value or "").split(",")
-    return [str(v).strip() for v in items if str(v).strip()]
-
-
 def localize(config: dict[str, object], workdir: Path, experiment_dir: Path, fetch: Fetcher,
              offline: bool, datasets: dict | None = None) -> Localized:
     """Fetch the Hub models and datasets of a LLaMA-Factory config and point it at the local copies.
@@ -162,7 +127,7 @@ def localize(config: dict[str, object], workdir: Path, experiment_dir: Path, fet
     """
     out = Localized(config=dict(config))
     for key in ("model_name_or_path", "adapter_name_or_path"):
-        refs = [(name, hub_reference(name, workdir)) for name in _names(config.get(key))]
+        refs = [(name, hub_reference(name, workdir)) for name in names(config.get(key))]
         if any(ref for _, ref in refs):
             paths = []
             for name, ref in refs:
@@ -172,8 +137,8 @@ def localize(config: dict[str, object], workdir: Path, experiment_dir: Path, fet
                 else:
                     paths.append(name)
             out.config[key] = ",".join(paths)
-    used = _names(config.get("dataset")) + _names(config.get("eval_dataset"))
-    base, info = (Path("/"), datasets) if datasets is not None else _dataset_info(config, workdir)
+    used = names(config.get("dataset")) + names(config.get("eval_dataset"))
+    base, info = (Path("/"), datasets) if datasets is not None else dataset_info(config, workdir)
     if info is None:
         out.notes.append(f"no {base}/dataset_info.json here: datasets were not checked for Hub downloads")
         info, used = {}, []
@@ -211,7 +176,7 @@ def _offline_settings(out: Localized) -> None:
     if config.get("push_to_hub"):
         config["push_to_hub"] = False
         out.notes.append("push_to_hub turned off on the compute node: the upload is deferred (python -m hpc.sync)")
-    reporters = _names(config.get("report_to"))
+    reporters = names(config.get("report_to"))
     kept = [r for r in reporters if r not in NETWORK_REPORTERS]
     if kept != reporters:
         config["report_to"] = ",".join(kept) or "none"

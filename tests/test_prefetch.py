@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from hpc.errors import LaunchError
-from hpc.prefetch import Fetch, Fetcher, _data_files, hub_reference, localize
+from hpc.hub_ids import hub_reference
+from hpc.prefetch import Fetch, Fetcher, _data_files, localize
 
 
 class FakeFetcher(Fetcher):

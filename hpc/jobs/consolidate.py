@@ -14,11 +14,12 @@ from hpc import ROOT
 from hpc.backends import Limits
 from hpc.context import Launch, resolve_context
 from hpc.errors import LaunchError
+from hpc.hub_ids import check_repo_id
 from hpc.jobs import evaluate
 from hpc.jobside.consolidate import find_zero_checkpoint, parse_input
 from hpc.options import LaunchOptions
 from hpc.pipeline import after, finish
-from hpc.prefetch import Fetch, Fetcher, cache_dir, check_repo_id
+from hpc.prefetch import Fetch, Fetcher, cache_dir
 from hpc.spec import PROGRAMS, Command, Dependency, Plan, Step, default_job_name
 
 JOBSIDE = ROOT / "hpc" / "jobside" / "consolidate.py"

@@ -19,10 +19,11 @@ from hpc import ROOT
 from hpc.backends import Limits
 from hpc.context import Context, Launch, resolve_context
 from hpc.errors import LaunchError
+from hpc.hub_ids import hub_reference
 from hpc.options import EvalOptions, LaunchOptions
-from hpc.placeholders import fill
 from hpc.pipeline import after, finish
-from hpc.prefetch import Fetch, Fetcher, cache_dir, hub_reference
+from hpc.placeholders import fill
+from hpc.prefetch import Fetch, Fetcher, cache_dir
 from hpc.spec import Command, Dependency, Plan, Resources, Step, default_job_name
 
 RESULTS_REL = "eval/results.json"
