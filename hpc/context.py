@@ -23,7 +23,7 @@ from hpc.timefmt import format_time, parse_time
 PRIVATE_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 
 
-@record
+@record(eq=False)
 class Context:
     """Where a launch runs: the cluster profile, the dotenv values every job exports, the user's secrets file (by
     path), the experiments directory and the working directory."""
@@ -209,7 +209,7 @@ def _gpu_type(p: ClusterProfile, asked: str | None) -> str | None:
     return match if p.gpu_types else None
 
 
-@record
+@record(eq=False)
 class Launch:
     """One launch: its options, shared context, job name and experiment directory; the builders' one argument."""
 

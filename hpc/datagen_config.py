@@ -41,7 +41,7 @@ _SERVER_KEYS = {"command", "gpus", "health_timeout", "port", "time_limit"}
 _PLACEHOLDER_MODEL = "placeholder/override-at-runtime"
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class ServerSpec:
     """The launch's inference server job: its command ({port} marks the job's port) and resources."""
 
@@ -54,7 +54,7 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class DatagenConfig:
     """The resolved datagen config: each stage's engine config (upstream format) and how the launch runs."""
 

@@ -42,7 +42,7 @@ class _SchemaError(Exception):
     """LLaMA-Factory's sources are not shaped as expected."""
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class _Scope:
     """A module's top-level bindings: classes, `from` imports (name -> module, name) and `A = B` aliases."""
 

@@ -52,7 +52,7 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class JobRecord:
     """One job in the manifest: its script, dependencies, array and, once submitted, its id and history."""
 
@@ -88,7 +88,7 @@ class JobRecord:
         self.submitted(job_id, argv)
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class Manifest:
     """manifest.json of an experiment: its jobs, how they depend on each other and what became of them."""
 

@@ -331,7 +331,7 @@ HELP_BY_JOB_TYPE: dict[str, tuple[type, ...]] = {
 HELP_BY_BACKEND: dict[str, tuple[type, ...]] = {"slurm": (), "skypilot": (CloudOptions,)}
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class LaunchOptions(CloudOptions, RunOptions, EvalOptions, DatagenOptions, ConsolidateOptions, TrainOptions,
                     PathOptions, ResourceOptions, CommonOptions):
     """Every launch option (the CLI's flags, or the Python API's keywords: keywords only, the rest from the field

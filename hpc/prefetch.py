@@ -39,7 +39,7 @@ class Fetch:
     purpose: str  # which config key or dataset asked for it
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class Localized:
     """What localizing a config produced: the new config, files and symlinks for the experiment."""
 

@@ -35,7 +35,7 @@ RETIRED = {
 }
 
 
-@record
+@record(eq=False)
 class PartitionLimits:
     """One partition's limits (profile key `partitions`); None is a limit the profile does not know."""
 
@@ -53,7 +53,7 @@ class PartitionLimits:
         return self.max_time, first, self.max_nodes
 
 
-@record
+@record(eq=False)
 class SlurmSettings:
     """A profile's `slurm:` section: how jobs are asked of SLURM there, read only by the SLURM backend."""
 
@@ -64,7 +64,7 @@ class SlurmSettings:
     gpu_constraints: dict[str, list[str]] = field(default_factory=dict)  # GPU type -> sbatch options selecting it
 
 
-@record
+@record(eq=False)
 class ClusterProfile:
     """What the launcher needs to know about one cluster (see cluster_profiles/README.md): the site's facts, and in
     `slurm` how SLURM is asked for them."""

@@ -5,13 +5,15 @@ __setattr__ and __delattr__) each time a module is imported: about 0.2 ms per me
 dry run defines some thirty records. A record is a real dataclass (`fields`, `replace` and `asdict` work on it) whose
 methods are the functions below, written once: they read the class's fields, so they behave like the generated ones
 (positional or keyword arguments, keyword-only fields, defaults and default factories, value equality over `compare`
-fields, a frozen class refuses assignment). Equality is opt-in: most records are compared by identity, as nothing
-compares two.
+fields, a frozen class refuses assignment). It is kept because the launch benchmark misses its target without it
+(benchmarks/README.md). Where it would differ from dataclass it refuses loudly: every record says how it compares
+(`eq=True`, value equality as dataclass; `eq=False`, identity, for records nothing compares), and a class with
+`__post_init__` or an `InitVar` field, which the shared `__init__` does not handle, is a TypeError.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, FrozenInstanceError, Field, dataclass, field, fields
+from dataclasses import MISSING, FrozenInstanceError, Field, InitVar, dataclass, field, fields
 from typing import Any, Callable, TypeVar, dataclass_transform
 
 T = TypeVar("T")
@@ -33,11 +35,18 @@ class _Shape:
 
 
 @dataclass_transform(field_specifiers=(field,))
-def record(cls: type[T] | None = None, /, *, frozen: bool = True, eq: bool = False) -> Any:
-    """Make `cls` a record: frozen unless `frozen=False`, compared by value only with `eq=True`
-    (then hashable by value when frozen, unhashable when not, as dataclass does)."""
+def record(cls: type[T] | None = None, /, *, eq: bool | None = None, frozen: bool = True) -> Any:
+    """Make `cls` a record: frozen unless `frozen=False`; with `eq=True` compared by value (then hashable by value
+    when frozen, unhashable when not, as dataclass does), with `eq=False` by identity. `eq` must be given."""
+    if cls is not None or eq is None:
+        raise TypeError("say how the record compares: @record(eq=True) for value equality (as @dataclass), "
+                        "@record(eq=False) for identity")
 
     def wrap(cls: type[T]) -> type[T]:
+        hints = cls.__dict__.get("__annotations__", {}).values()
+        if "__post_init__" in cls.__dict__ or any(
+                isinstance(h, InitVar) or h is InitVar or (isinstance(h, str) and "InitVar" in h) for h in hints):
+            raise TypeError(f"{cls.__name__}: a record runs no __post_init__ and takes no InitVar; use @dataclass")
         cls = dataclass(init=False, repr=False, eq=False)(cls)
         cls.__record__ = _Shape(cls)  # type: ignore[attr-defined]
         setters: dict[str, Callable[..., Any] | None] = {"__init__": _init, "__repr__": _repr}
@@ -50,7 +59,7 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = True, eq: bool = Fal
                 setattr(cls, name, method)
         return cls
 
-    return wrap if cls is None else wrap(cls)
+    return wrap
 
 
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -98,7 +98,7 @@ class ModelRecord:
         return row
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class Fields:
     """Values gathered so far (flags > run summary > W&B), before validation."""
 

@@ -43,7 +43,7 @@ def default_job_name(stem: str, kind: str = "", fallback: str = "job") -> str:
     return f"{clean[:MAX_JOB_NAME - LONGEST_SUFFIX - len(tail)].rstrip('-.') or fallback}{tail}"
 
 
-@record
+@record(eq=False)
 class Dependency:
     """`kind` (after, afterok, afterany, ...) on another job of this launch (`job`) or an existing one (`external`)."""
 
@@ -70,7 +70,7 @@ def parse_dependency(text: str) -> list[Dependency]:
     return deps
 
 
-@record
+@record(eq=False)
 class Resources:
     """What one job asks for, already checked against the cluster profile."""
 
@@ -85,7 +85,7 @@ class Resources:
     gpu_type: str | None = None  # a name from the profile's gpu_types; the backend turns it into node constraints
 
 
-@record
+@record(eq=False)
 class Tunnel:
     """An SSH SOCKS tunnel from the job's first node to a host with internet, used through proxychains4."""
 
@@ -93,7 +93,7 @@ class Tunnel:
     direct: list[tuple[str, str]]  # (network, netmask) pairs reached directly
 
 
-@record
+@record(eq=False)
 class Prelude:
     """The job's environment before its body runs."""
 
@@ -104,7 +104,7 @@ class Prelude:
     workdir: Path
 
 
-@record
+@record(eq=False)
 class Command:
     """Run one command (consolidate, eval, sync, cleanup)."""
 
@@ -112,7 +112,7 @@ class Command:
     make_dirs: list[str] = field(default_factory=list)
 
 
-@record
+@record(eq=False)
 class Train:
     """torchrun of `entrypoint CONFIG` on every node, resuming from the newest checkpoint after a restart."""
 
@@ -125,7 +125,7 @@ class Train:
     summary_script: str
 
 
-@record
+@record(eq=False)
 class Server:
     """An inference server: started, health-checked, then its endpoint JSON (model_name, endpoint_url)
     published to endpoint_file."""
@@ -138,7 +138,7 @@ class Server:
     helper: str
 
 
-@record
+@record(eq=False)
 class Stage:
     """A generator stage: tasks once, or traces per array task (a chunk of the task list, as a directory of
     symlinks). `command` is the generator's argv up to the per-job arguments; `extra` goes last."""
@@ -159,7 +159,7 @@ class Stage:
     jobs_dir: str | None = None
 
 
-@record
+@record(eq=False)
 class Cancel:
     """Cancel other jobs of the launch (by key), e.g. an inference server once the work is done."""
 
@@ -172,7 +172,7 @@ PORT = "\0PORT\0"
 Body = Command | Train | Server | Stage | Cancel
 
 
-@record
+@record(eq=False)
 class Array:
     """Tasks of a job array: indices, at most `parallel` running at once."""
 
@@ -185,7 +185,7 @@ class Array:
         return len(self.indices)
 
 
-@record
+@record(eq=False)
 class Job:
     """One job of a launch."""
 
@@ -200,7 +200,7 @@ class Job:
     requeue: bool = False  # restartable after a time limit or preemption (Train counts the restarts)
 
 
-@record
+@record(eq=False)
 class Step:
     """One job, the files it needs and where it leaves a model (for the next step to find)."""
 
@@ -212,7 +212,7 @@ class Step:
     deferred: dict[str, list] = field(default_factory=dict)  # uploads that need the internet later
 
 
-@record
+@record(eq=False)
 class Plan:
     """Everything a launch writes and submits, computed before anything is written."""
 

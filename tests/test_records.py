@@ -8,9 +8,9 @@ from hpc.options import LaunchOptions
 from hpc.records import record
 
 
-@record
+@record(eq=False)
 class Point:
-    """A frozen record compared by identity (the default)."""
+    """A frozen record compared by identity."""
 
     x: int
     y: int = 0
@@ -26,7 +26,7 @@ class Key:
     seen: int = field(default=0, compare=False)
 
 
-@record(frozen=False, eq=True)
+@record(eq=True, frozen=False)
 class Counter:
     """A mutable record compared by value."""
 
@@ -90,7 +90,7 @@ def test_dataclass_functions_work() -> None:
 
 
 def test_keyword_only_fields_take_no_position() -> None:
-    @record
+    @record(eq=False)
     class Named:
         """A record whose second field is keyword-only."""
 
@@ -108,7 +108,7 @@ def test_keyword_only_fields_take_no_position() -> None:
 
 
 def test_methods_a_class_defines_are_kept() -> None:
-    @record
+    @record(eq=False)
     class Shown:
         """A record with its own repr."""
 
@@ -118,3 +118,26 @@ def test_methods_a_class_defines_are_kept() -> None:
             return f"<{self.value}>"
 
     assert repr(Shown(3)) == "<3>"
+
+
+def test_what_a_record_would_do_differently_from_dataclass_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"say how the record compares: @record\(eq=True\)"):
+        @record
+        class Bare:
+            x: int
+    with pytest.raises(TypeError, match=r"say how the record compares"):
+        record()
+    with pytest.raises(TypeError, match="Late: a record runs no __post_init__ and takes no InitVar; use @dataclass"):
+        @record(eq=True)
+        class Late:
+            x: int
+
+            def __post_init__(self) -> None:
+                pass
+    from dataclasses import InitVar
+
+    with pytest.raises(TypeError, match="Seed: a record runs no __post_init__ and takes no InitVar"):
+        @record(eq=False)
+        class Seed:
+            x: int
+            seed: InitVar[int] = 0

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 BACKENDS = {"slurm": "hpc.backends.slurm", "skypilot": "hpc.backends.skypilot"}
 
 
-@record
+@record(eq=False)
 class Limits:
     """What the backend allows, asked once per launch (defaults in a dry run)."""
 
@@ -44,7 +44,7 @@ class JobStatus:
     failed_tasks: tuple[int, ...] = ()  # arrays: task ids that ended without completing
 
 
-@record
+@record(eq=False)
 class Materialized:
     """What a backend makes of a plan before anything is submitted: files to write, and per job its
     script and (with <key> placeholders for ids not known yet) the command that will submit it."""

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from hpc.spec import Plan
 
 
-@record
+@record(eq=False)
 class JobType:
     """A job type: its --job_type name, its line in --help, and the module that plans it."""
 

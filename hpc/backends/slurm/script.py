@@ -35,7 +35,7 @@ _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:+=@%/~&|!*()\[\]-]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-@record
+@record(eq=False)
 class SbatchHeader:
     """The #SBATCH lines of one job (rendered by templates/base.sbatch.j2)."""
 
