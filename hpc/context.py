@@ -13,7 +13,7 @@ from hpc.backends import Limits
 from hpc.envfiles import SECRETS_ENV, check_secrets_file, read_dotenv, resolve_dotenv_path
 from hpc.errors import LaunchError
 from hpc.options import LaunchOptions, PathOptions
-from hpc.profiles import ClusterProfile, get_profile
+from hpc.profiles import ClusterProfile, get_profile, megabytes
 from hpc.records import record
 from hpc.spec import (LONGEST_SUFFIX, MAX_JOB_NAME, Array, Body, Dependency, Job, Prelude, Resources, Tunnel,
                       check_job_name, parse_dependency)
@@ -126,13 +126,7 @@ def _scaled_memory(mem: str | None, share: float) -> str | None:
     """A share of the node's memory ("512G" * 0.25 -> "131072M"), for jobs using part of a node."""
     if not mem or share >= 1:
         return mem
-    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-    number, unit = (mem[:-1], mem[-1].upper()) if mem[-1].isalpha() else (mem, "M")
-    try:
-        megabytes = float(number) * units[unit]
-    except (KeyError, ValueError):
-        raise LaunchError(f"{mem!r} is not a memory size; write it as e.g. 512G or 8000M") from None
-    return f"{max(1, int(megabytes * share))}M"
+    return f"{max(1, int(megabytes(mem) * share))}M"  # a profile's mem_per_node is checked when it is loaded
 
 
 def resolve_resources(p: ClusterProfile, *, partition: str | None = None, account: str | None = None,

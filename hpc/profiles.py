@@ -26,6 +26,16 @@ PATH_ENV = "HPC_LAUNCH_PROFILES"
 EVAL_PLACEHOLDERS = {"model": "", "tasks": "", "output": "", "hpc_root": "", "nodes": "", "gpus_per_node": ""}
 
 _SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:+=@%/-]+")
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)", re.IGNORECASE)
+_MEGABYTES = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def megabytes(mem: str) -> float:
+    """A SLURM memory size (512G, 8000M, 8000 in megabytes, 0.5T) in megabytes; ValueError for anything else."""
+    match = _MEMORY.fullmatch(mem)
+    if not match:
+        raise ValueError(f"{mem!r} is not a memory size")
+    return float(match.group(1)) * _MEGABYTES[match.group(2).upper()]
 
 #: Clusters whose profiles were removed: `--cluster NAME` says why and what to use instead.
 RETIRED = {
@@ -238,10 +248,13 @@ def _check_values(p: ClusterProfile, where: str) -> None:
         raise LaunchError(f"{where}: key 'name' is {p.name!r} but the file is {p.source.name}; make them match")
     if p.gpus_per_node < 0 or p.cpus_per_node < 1:
         raise LaunchError(f"{where}: gpus_per_node must be >= 0 and cpus_per_node >= 1")
-    for key in ("partition", "account", "qos", "mem_per_node"):
+    for key in ("partition", "account", "qos"):
         value = getattr(p, key)
         if value and not _SBATCH_SAFE.fullmatch(value):
             raise LaunchError(f"{where}: key {key!r} has characters sbatch cannot take: {value!r}")
+    if p.mem_per_node is not None and not _MEMORY.fullmatch(p.mem_per_node):
+        raise LaunchError(f"{where}: key 'mem_per_node' {p.mem_per_node!r} is not a memory size; write it as e.g. "
+                          "512G or 8000M")
     if not re.fullmatch(r"[A-Za-z0-9.-]*", p.master_addr_suffix):
         raise LaunchError(f"{where}: key 'master_addr_suffix' may hold only letters, digits, '.' and '-'")
     if p.tunnel_host and not re.fullmatch(r"(ssh://)?([\w.-]+@)?[\w.{}-]+(:\d+)?", p.tunnel_host):

@@ -65,6 +65,8 @@ def test_wrong_type_names_file_and_key(tmp_path, key, value, expected):
     [
         ({"name": "other"}, "key 'name' is 'other' but the file is mycluster.yaml"),
         ({"slurm": {"gpu_request": "gpus"}}, "key 'slurm.gpu_request' must be one of"),
+        ({"mem_per_node": "lots"}, "key 'mem_per_node' 'lots' is not a memory size; write it as e.g. 512G"),
+        ({"mem_per_node": "512X"}, "key 'mem_per_node' '512X' is not a memory size"),
         ({"gpu_request": "gres"}, r"key 'gpu_request' moved into the slurm: section; write it as slurm: {gpu_request"),
         ({"slurm_cluster_names": ["x"]}, r"moved into the slurm: section; write it as slurm: {cluster_names: ...}"),
         ({"slurm": {"sbatch_extras": []}}, "unknown key slurm.sbatch_extras; valid keys are cluster_names"),
@@ -186,3 +188,11 @@ def test_a_bad_placeholder_is_shown_whole_with_the_names_that_work(arg, shown):
         fill(["run", arg], {"model": "m", "tasks": "t"}, "the x profile's eval_command")
     assert str(err.value) == (f"the x profile's eval_command has a bad placeholder ({shown}); use {{model}}, {{tasks}}, "
                               "and {{ }} for a brace")
+
+
+@pytest.mark.parametrize("text, mb", [("8000", 8000), ("8000M", 8000), ("512G", 524288), ("0.5T", 524288),
+                                      ("1024K", 1), ("16g", 16384)])
+def test_memory_sizes_read_as_slurm_does(text, mb):
+    from hpc.profiles import megabytes
+
+    assert megabytes(text) == mb

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hpc.errors import LaunchError
 from hpc.options import LaunchOptions
+from hpc.profiles import megabytes
 from hpc.records import record
 from hpc.spec import Command, Job, Plan, Train
 
@@ -145,9 +146,7 @@ def resources(job: Job, cloud: Cloud) -> dict:
 
 
 def _gigabytes(mem: str) -> int:
-    units = {"K": 1 / 1024 / 1024, "M": 1 / 1024, "G": 1, "T": 1024}
-    number, unit = (mem[:-1], mem[-1].upper()) if mem[-1].isalpha() else (mem, "M")
-    return max(1, int(float(number) * units.get(unit, 1 / 1024)))
+    return max(1, int(megabytes(mem) / 1024))
 
 
 def run_script(job: Job, plan: Plan, cloud: Cloud) -> str:
