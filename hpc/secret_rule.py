@@ -63,11 +63,13 @@ def login_secrets(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 
 def _url_credentials(text: str) -> bool:
     """A URL with userinfo: user:password@, token@, or a password holding '/' (postgres://u:pa/ss@h); a port
-    before a path with '@' in it (http://h:8080/m@v2) is not one."""
+    before a path with '@' in it (http://h:8080/m@v2, http://[::1]:8080/m@v2) is not one."""
     for match in _URL.finditer(text):
         head, slash, _ = match.group(1).partition("/")
         if not slash:
             return True
+        if head.startswith("[") and "]" in head:  # an IPv6 host: only a port may follow it
+            head = head[head.index("]") + 1:]
         _, colon, after = head.partition(":")
         if colon and not after.isdigit():
             return True

@@ -176,3 +176,111 @@ def test_yamlio_load_is_strict_too():
     with pytest.raises(yaml.YAMLError):
         yamlio.load("a: 1\na: 2\n")
     assert yamlio.load("a: [1, 2]\n") == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize("text, word", [("true", "a boolean"), ("1.5", "a float"), ('"x"', "a string"),
+                                        ("null", "empty"), ("[]", "a list")])
+def test_the_wrong_top_level_type_is_named_in_words(tmp_path, text, word):
+    path = _write(tmp_path, text, "m.json")
+    assert _error(read_json, path, "manifest", "x") == f"manifest {path} must be a mapping, not {word}; fix the file"
+
+
+def test_a_shape_or_an_unusual_type_is_named_as_asked(tmp_path):
+    path = _write(tmp_path, '{"a": 1}', "r.json")
+    assert _error(read_json, path, "runs", "x", expect=list, shape="a JSON list of runs") == (
+        f"runs {path} must be a JSON list of runs, not a mapping; fix the file")
+    assert _error(read_json, path, "runs", "x", expect=int) == f"runs {path} must be int, not a mapping; fix the file"
+    yaml_path = _write(tmp_path, "- a\n")
+    assert _error(read_yaml, yaml_path, "train config", "x") == (
+        f"train config {yaml_path} must be a mapping, not a list; fix the file")
+
+
+def test_json_objects_are_read_whole(tmp_path):
+    text = '{"a": 1, "b": {"c": [2, null], "d": "e"}}'
+    assert read_json(_write(tmp_path, text, "r.json"), "manifest", "x") == {"a": 1, "b": {"c": [2, None], "d": "e"}}
+
+
+def test_read_json_names_the_file_and_the_fix_for_io_problems(tmp_path):
+    assert _error(read_json, tmp_path / "none.json", "run summary", "check --run_summary") == (
+        f"run summary {tmp_path / 'none.json'} does not exist; check --run_summary")
+
+
+@pytest.mark.parametrize("reader", [read_text, read_yaml, read_json])
+def test_a_file_of_exactly_the_limit_is_read_whole_and_one_byte_more_is_refused(tmp_path, reader):
+    path = _write(tmp_path, '["abcdef"]', "f.json")  # 10 bytes: a YAML list and a JSON list
+    whole = {read_text: '["abcdef"]', read_yaml: ["abcdef"], read_json: ["abcdef"]}[reader]
+    assert reader(path, "c", "x", **({} if reader is read_text else {"expect": list}), max_bytes=10) == whole
+    assert _error(reader, path, "c", "x", max_bytes=9) == (
+        f"c {path} has 10 bytes, more than the 9 a c may have; is it the right file?")
+
+
+def test_a_file_that_grows_after_it_was_checked_is_refused_at_one_byte_past_the_limit(tmp_path, monkeypatch):
+    path = _write(tmp_path, "a: 1\n" * 10)
+    real_stat, real_fstat = os.stat, os.fstat
+
+    def small(info: os.stat_result) -> os.stat_result:  # as it was when checked: 5 bytes
+        return os.stat_result((*info[:6], 5, *info[7:10]))
+
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: small(real_stat(p, *a, **k)))
+    monkeypatch.setattr(os, "fstat", lambda fd: small(real_fstat(fd)))
+    assert _error(read_yaml, path, "c", "x", max_bytes=20) == (
+        f"c {path} has more than the 20 bytes a c may have; is it the right file?")
+
+
+def test_a_file_that_grows_between_the_check_and_the_open_is_refused_by_the_second_check(tmp_path, monkeypatch):
+    path = _write(tmp_path, "a: 1\n" * 10)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: os.stat_result((*real_stat(p, *a, **k)[:6], 5,
+                                                                        *real_stat(p, *a, **k)[7:10])))
+    assert _error(read_yaml, path, "train config", "x", max_bytes=20) == (
+        f"train config {path} has 50 bytes, more than the 20 a train config may have; is it the right file?")
+
+
+def test_a_file_swapped_for_a_pipe_after_the_check_is_refused_without_blocking(tmp_path, monkeypatch):
+    """Between the stat and the open the path becomes a FIFO with no writer: the open must not block."""
+    import threading
+
+    regular, fifo = _write(tmp_path, "a: 1\n"), tmp_path / "swapped.yaml"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(regular if p == fifo else p, *a, **k))
+    outcome: list[str] = []
+    reader = threading.Thread(target=lambda: outcome.append(_error(read_text, fifo, "train config", "fix it")))
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # blocked in open(): release it, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("read_text blocked on a FIFO")
+    assert outcome == [f"train config {fifo} is a pipe, not a regular file; save it as a file and fix it"]
+
+
+def test_an_os_error_is_one_line_with_its_reason(tmp_path):
+    path = _write(tmp_path, "a: 1\n") / "below.yaml"  # a file is not a directory
+    assert _error(read_yaml, path, "c", "check --c") == f"cannot read c {path} (Not a directory); check --c"
+
+
+def test_too_deep_nesting_names_the_file(tmp_path):
+    path = _write(tmp_path, "? " + "[" * 600 + "]" * 600 + "\n: 1\n")  # a key nested past Python's recursion limit
+    assert _error(read_yaml, path, "train config", "x") == (
+        f"train config {path} is nested too deeply to be a train config; is it the right file?")
+    path = _write(tmp_path, "[" * 100_000 + "]" * 100_000, "d.json")
+    assert _error(read_json, path, "manifest", "check it") == (
+        f"manifest {path} is nested too deeply to be a manifest; check it")
+
+
+def test_type_ok_and_type_name_for_the_hints_records_use():
+    import typing
+
+    from hpc.readers import type_name, type_ok
+
+    assert type_ok({"a": 1}, dict[str, int]) and type_ok({}, dict[str, int])
+    assert not type_ok({"a": "1"}, dict[str, int]) and not type_ok({1: 1}, dict[str, int])
+    assert not type_ok([("a", 1)], dict[str, int]) and not type_ok("a", dict[str, int])
+    assert type_ok(3, int) and not type_ok(True, int) and not type_ok("3", int) and not type_ok(3.0, int)
+    assert type_ok(["a"], list[str]) and not type_ok(["a", 1], list[str]) and type_ok(None, str | None)
+    assert type_ok("a", str | None) and not type_ok(3, str | None) and not type_ok(3, typing.Optional[str])
+    assert type_ok(object(), object) and type_ok("x", str) and not type_ok(1, str)
+    assert [type_name(h) for h in (int, str | None, list[str], dict[str, int])] == [
+        "int", "str | None", "list[str]", "dict[str, int]"]
+    assert type_name(typing.Optional[int]) == "Optional[int]"

@@ -15,7 +15,8 @@ import yaml
 
 from hpc import ROOT
 from hpc.launch import main
-from hpc.secret_rule import check_output, secret_name, value_problem
+from hpc.errors import LaunchError
+from hpc.secret_rule import FIX, check_config, check_output, login_secrets, secret_name, value_problem
 
 from helpers import TRAIN_YAML, run_cli
 
@@ -94,6 +95,7 @@ def test_a_dotenv_value_is_checked_as_jobs_would_see_it(launch, tmp_path, monkey
 
 
 @pytest.mark.parametrize("value", ["http://mirror:8080/models/m@v2", "https://host/path@v1", "git@github.com:o/r.git",
+                                   "http://[::1]:8080/m@v2", "http://[fe80::1]/models/m@v2",
                                    "/scratch/me@work", "${HOME}/x"])
 def test_values_that_only_look_alike_pass(value):
     assert value_problem(value, {}) is None
@@ -117,6 +119,46 @@ def test_vocabulary_tokens_and_counts_are_not_secrets(launch, tmp_path):
     code, _, err = launch("--train_config_path", _train(tmp_path, add_special_tokens="<a>,<b>"),
                           "--train_extra_args", "max_new_tokens=512")
     assert code == 0, err
+
+
+def test_a_secret_in_a_list_of_the_train_config_is_refused_and_named_by_its_index(launch, tmp_path):
+    train = _train(tmp_path, report_to=["none", "https://user:pw@example.org/x"])
+    error = _refused(launch("--train_config_path", train), tmp_path)
+    assert "the value of report_to[1] holds a password or token in a URL" in error and "pw@" not in error
+    error = _refused(launch("--train_config_path", _train(tmp_path, callbacks=[{"x": 1}, {"api_key": "k"}])), tmp_path)
+    assert "callbacks[1].api_key looks like a secret" in error
+
+
+def _config_error(config: object, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(LaunchError) as err:
+        check_config("datagen config d.yaml", config, environ or {})
+    return str(err.value)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"hub": {"token": "abc"}}, "hub.token looks like a secret; " + FIX + " (jobs read it from the environment)"),
+    ({"servers": [{"env": {"x": 1}}, {"env": {"API_KEY": "abc"}}]}, "servers[1].env.API_KEY looks like a secret"),
+    ({"servers": [{"args": ["--m", "hf_abcdefghijklmnopqrstuvwxyz0123456789"]}]},
+     "the value of servers[0].args[1] holds an access token; " + FIX),
+    ({"a": {"b": [["-----BEGIN RSA PRIVATE KEY-----"]]}}, "the value of a.b[0][0] holds a private key (a PEM block)"),
+    ("https://u:pw@example.org", "the value of the config holds a password or token in a URL"),
+    (["ok", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"], "the value of [1] holds an access token"),
+])
+def test_check_config_names_where_the_secret_is_in_nested_mappings_and_lists(config, message):
+    assert _config_error(config).startswith(f"datagen config d.yaml: {message}")
+
+
+def test_a_login_secret_of_exactly_the_minimum_length_is_looked_for():
+    assert login_secrets({"MY_TOKEN": "12345678", "HF_TOKEN": "1234567", "HOME": "/home/someone"}) == {
+        "MY_TOKEN": "12345678"}
+    assert _config_error({"note": "x-12345678"}, {"MY_TOKEN": "12345678"}) == (
+        f"datagen config d.yaml: the value of note holds the value of your login variable MY_TOKEN; {FIX}")
+    check_config("c", {"note": "x-1234567"}, {"MY_TOKEN": "1234567"})  # shorter: would match by chance
+
+
+def test_a_password_with_colons_before_a_slash_is_still_a_url_credential():
+    """Only the part after the first ':' of the userinfo decides: 'pa:55/ss' is a password, not a port 55."""
+    assert value_problem("postgres://me:pa:55/ss@db/x", {}) == "a password or token in a URL (user:password@ or token@)"
 
 
 def test_a_profile_value_with_a_credential_is_refused(launch, tmp_path, user_profiles):

@@ -31,3 +31,30 @@ def test_parse_rejects_with_the_fix(text):
 def test_format_round_trips(seconds, text):
     assert format_time(seconds) == text
     assert parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("0:01", 1),  # the shortest limit there is
+    ("0:59", 59),
+    ("90:00", 5400),  # minutes:seconds: the minutes are not bounded by 60
+    ("1:59:59", 7199),
+    ("0-23:59:59", 86399),
+    ("1-23:59", 172740),
+])
+def test_parse_accepts_up_to_each_boundary(text, seconds):
+    assert parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0:60", "1:60:00", "1:00:60", "1-24:00:00", "1-24", "1-00:60", "0-00:00:00", "0:00"])
+def test_parse_refuses_sixty_seconds_sixty_minutes_twenty_four_hours_and_zero(text):
+    with pytest.raises(LaunchError, match="is not a SLURM time"):
+        parse_time(text)
+
+
+def test_a_bad_time_names_the_option_it_came_from():
+    with pytest.raises(LaunchError) as err:
+        parse_time("4h")
+    assert str(err.value).startswith("--time_limit '4h' is not a SLURM time; use HH:MM:SS, D-HH:MM:SS or minutes")
+    with pytest.raises(LaunchError) as err:
+        parse_time("4h", what="server time limit")
+    assert str(err.value).startswith("server time limit '4h' is not a SLURM time")
