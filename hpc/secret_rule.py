@@ -32,7 +32,9 @@ _LOCATION = re.compile(LOCATION_ERE)
 #: new_special_tokens and add_tokens, a tokenizer's pad_token or eos_token, a sampler's stop_token_ids).
 _VOCABULARY_KEY = re.compile(r"(^|_)(pad|eos|bos|unk|sep|cls|mask|stop|special|add)_tokens?(_ids?)?$", re.IGNORECASE)
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^\s@]*)@")
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^\s@]*)@")
+#: Schemes whose userinfo without a password is a login name (ssh://user@host), not a credential.
+_LOGIN_SCHEMES = frozenset({"ssh", "sftp", "git+ssh", "ssh+git"})
 #: Credentials with a published shape: Hugging Face, GitHub, OpenAI/Anthropic-style, Slack, AWS access key ids, JWTs
 #: (Supabase keys are JWTs).
 _TOKEN_SHAPES = re.compile(
@@ -63,10 +65,14 @@ def login_secrets(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 
 def _url_credentials(text: str) -> bool:
     """A URL with userinfo: user:password@, token@, or a password holding '/' (postgres://u:pa/ss@h); a port
-    before a path with '@' in it (http://h:8080/m@v2, http://[::1]:8080/m@v2) is not one."""
+    before a path with '@' in it (http://h:8080/m@v2, http://[::1]:8080/m@v2) is not one, nor is an ssh login name
+    (ssh://user@host:22)."""
     for match in _URL.finditer(text):
-        head, slash, _ = match.group(1).partition("/")
+        scheme, userinfo = match.group(1).lower(), match.group(2)
+        head, slash, _ = userinfo.partition("/")
         if not slash:
+            if scheme in _LOGIN_SCHEMES and ":" not in userinfo:
+                continue
             return True
         if head.startswith("[") and "]" in head:  # an IPv6 host: only a port may follow it
             head = head[head.index("]") + 1:]

@@ -80,6 +80,7 @@ def test_tacc_jobs_unset_exactly_what_the_rule_calls_secret(launch, tmp_path):
     ("DATABASE_URL=${DATABASE_URL}", {"DATABASE_URL": "postgres://u:PW@h/db"}),
     ("DB_URL=postgres://u:pa/ss@h", {}),
     ("GIT_REMOTE=https://ghp_TOKEN@host/x.git", {}),
+    ("JUMP=ssh://me:hunter22@login.site:22", {}),
     ("STORE=${STORE_FROM_LOGIN}", {"STORE_FROM_LOGIN": "s3cret-from-login", "MY_TOKEN": "s3cret-from-login"}),
     ("MATERIAL=-----BEGIN OPENSSH PRIVATE KEY-----", {}),
     ("HUB=hf_abcdefghijklmnopqrstuvwxyz0123456789", {}),
@@ -95,7 +96,8 @@ def test_a_dotenv_value_is_checked_as_jobs_would_see_it(launch, tmp_path, monkey
 
 
 @pytest.mark.parametrize("value", ["http://mirror:8080/models/m@v2", "https://host/path@v1", "git@github.com:o/r.git",
-                                   "http://[::1]:8080/m@v2", "http://[fe80::1]/models/m@v2",
+                                   "http://[::1]:8080/m@v2", "http://[fe80::1]/models/m@v2", "ssh://root@127.0.0.1:2222",
+                                   "git+ssh://git@host/o/r.git",
                                    "/scratch/me@work", "${HOME}/x"])
 def test_values_that_only_look_alike_pass(value):
     assert value_problem(value, {}) is None

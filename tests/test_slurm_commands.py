@@ -96,3 +96,97 @@ def test_the_launch_token_finds_jobs_whose_answer_was_lost():
     out = "11|hpc-launch:ab12:train\n12_[0-3%2]|hpc-launch:ab12:traces\n13|hpc-launch:ffff:train\n14|\n"
     assert tagged(out, "hpc-launch:ab12") == ["11", "12"]
     assert sbatch_argv(Path("/e/x.sbatch"), comment="hpc-launch:ab12:train")[2] == "--comment=hpc-launch:ab12:train"
+
+
+# --- exact command lines and parsed rows (guards found by benchmarks/mutation.py) --------------------------------
+
+from hpc.backends.slurm.accounting import Row  # noqa: E402
+
+
+def test_sacct_and_squeue_command_lines_are_exactly_what_slurm_is_asked():
+    """-n no header, -P '|' without a trailing one, -X allocations only; squeue -h -t all so finished jobs still
+    answer, in the format parse_squeue reads."""
+    assert sacct_argv(["11", "12"]) == ["sacct", "-X", "-n", "-P",
+                                        "--format=JobID,JobName,State,ExitCode,Elapsed,Reason", "-j", "11,12"]
+    assert squeue_argv(["11", "12"]) == ["squeue", "-h", "-t", "all", "-o", "%i|%j|%T|%r", "-j", "11,12"]
+
+
+def test_parse_sacct_reads_every_field_and_skips_noise_anywhere():
+    text = ("sacct: warning: partial accounting\n"
+            "11|train|COMPLETED|0:0|00:00:21\n"
+            "12|eval||0:0|00:00:00|None\n"
+            "13|gen|PENDING|0:0|00:00:00|Dependency\n")
+    assert parse_sacct(text) == {
+        "11": Row("11", "train", "COMPLETED", "0:0", "00:00:21", ""),  # five fields (no Reason column): no reason
+        "12": Row("12", "eval", "UNKNOWN", "0:0", "00:00:00", ""),  # an empty state is UNKNOWN, not a crash
+        "13": Row("13", "gen", "PENDING", "0:0", "00:00:00", "Dependency"),
+    }
+
+
+def test_parse_squeue_reads_id_name_state_and_reason():
+    assert parse_squeue("13|gen|PENDING\n14|ev|PENDING|Priority\n") == {
+        "13": Row("13", "gen", "PENDING", reason=""), "14": Row("14", "ev", "PENDING", reason="Priority")}
+
+
+def test_the_controller_without_a_reason_keeps_the_recorded_one():
+    recorded = parse_sacct("7|t|PENDING|0:0|0|Dependency\n")
+    assert with_live(recorded, parse_squeue("7|t|PENDING|None\n"))["7"].reason == "Dependency"
+
+
+def test_a_combined_array_row_carries_id_name_state_counts_and_summary():
+    running = parse_sacct("5_0|gen|RUNNING|0:0|1|None\n5_[1-2]|gen|PENDING|0:0|0|None\n")
+    assert combine("5", running, tasks=3) == Row("5", "gen", "RUNNING", reason="", tasks={"RUNNING": 1, "PENDING": 2})
+    done = parse_sacct("5_0|gen|COMPLETED|0:0|1|None\n5_1|gen|COMPLETED|0:0|1|None\n")
+    assert combine("5", done, tasks=2) == Row("5", "gen", "COMPLETED", "0:0", "2/2 tasks COMPLETED",
+                                              tasks={"COMPLETED": 2})
+    failed = parse_sacct("5_0|gen|FAILED|1:0|1|None\n5_1|gen|TIMEOUT|0:1|1|None\n")
+    assert combine("5", failed, tasks=2) == Row("5", "gen", "FAILED", "1:0", "0/2 tasks COMPLETED",
+                                                tasks={"FAILED": 1, "TIMEOUT": 1}, failed_tasks=(0, 1))
+
+
+def test_a_state_word_slurm_adds_later_is_unknown_not_a_crash():
+    from hpc.backends.slurm.commands import to_state
+    from hpc.manifest import State
+
+    assert to_state("SOMETHING_NEW") is State.UNKNOWN and not to_state("SOMETHING_NEW").done
+    assert to_state("DEADLINE") is State.TIMEOUT and to_state("REQUEUED") is State.PENDING
+
+
+def test_submit_env_drops_every_launcher_input_prefix():
+    env = {"SALLOC_PARTITION": "a", "SRUN_CPUS_PER_TASK": "2", "PMI_RANK": "0", "PMIX_RANK": "0", "SBATCH_QOS": "q",
+           "SLURM_NNODES": "2", "SALLOCATOR": "keep", "HOME": "/root"}
+    assert submit_env(env) == {"SALLOCATOR": "keep", "HOME": "/root"}
+
+
+def test_array_spec_and_sbatch_argv_carry_the_array():
+    from hpc.backends.slurm.commands import array_spec
+    from hpc.spec import Array
+
+    assert array_spec(Array((0, 1, 2, 3, 4, 7), 2)) == "0-4,7%2"
+    argv = sbatch_argv(Path("/e/x.sbatch"), [Dependency("afterany", external="9")], {}, "0-4,7%2", "tok:traces")
+    assert argv == ["sbatch", "--parsable", "--array=0-4,7%2", "--dependency=afterany:9", "--comment=tok:traces",
+                    "/e/x.sbatch"]
+
+
+def test_the_tagged_jobs_query_and_a_comment_with_a_pipe():
+    from hpc.backends.slurm.commands import squeue_tagged_argv, tagged
+
+    assert squeue_tagged_argv() == ["squeue", "-h", "--me", "-o", "%i|%k"]  # this user's jobs: id|comment
+    out = "16|hpc-launch:ab12:odd|key\n17_3|hpc-launch:ab12:a|b\n18|x|hpc-launch:ab12:y\n"
+    assert tagged(out, "hpc-launch:ab12") == ["16", "17"]
+
+
+def test_refusal_reason_without_a_known_cause_adds_no_hint():
+    from hpc.backends.slurm.commands import refusal_reason
+
+    assert refusal_reason("allocation failure: Something new\n", 1) == "Something new"
+    assert refusal_reason("", 2) == "exit code 2"
+
+
+def test_slurm_message_is_stderr_on_one_line_else_stdout_else_the_exit_code():
+    from hpc.backends.slurm.commands import slurm_message
+
+    assert slurm_message("ignored\n", "sbatch: error: Batch job submission failed: x\n\nsbatch: error: y\n"
+                         "sbatch: error: y\n", 1) == "Batch job submission failed: x; y"
+    assert slurm_message("Submitted nothing\n", "", 1) == "Submitted nothing"
+    assert slurm_message("", "", 3) == "exit code 3"
