@@ -6,7 +6,6 @@ Default job: the first that did not end well, else the last one; default array t
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -14,30 +13,10 @@ from pathlib import Path
 from hpc import backends
 from hpc import manifest as manifests
 from hpc.errors import LaunchError
-
-#: A Python exception line (what a traceback ends with), possibly prefixed by torchrun's "[rankN]:".
-_EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)(?::\s.*)?$")
-#: Error lines of SLURM, shells and the launcher's own job scripts.
-_ERROR = re.compile(r"(^|\s)(error|fatal):|\*\*\* .*(CANCELLED|DUE TO TIME LIMIT)", re.IGNORECASE)
-
-
-def first_error(log: Path) -> str | None:
-    """The first line that says what went wrong: a Python exception if any (the one torchrun's summary
-    repeats 150 lines later), else the first error line, else the last line the job's program printed."""
-    try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return None
-    for pattern in (_EXCEPTION, _ERROR):
-        found = next((ln for ln in lines if pattern.search(ln)), None)
-        if found:
-            return found
-    return next((ln for ln in reversed(lines) if not ln.startswith("[hpc-launch]")), None)
+from hpc.status import ended_well, failed_task, first_error, record, submitted
 
 
 def show(experiment_dir: Path, key: str | None, task: int | None, follow: bool) -> int:
-    from hpc.status import ended_well, failed_task, record, submitted
-
     manifest = manifests.read(experiment_dir)
     backend = backends.get(manifest.backend)
     jobs = submitted(manifest)

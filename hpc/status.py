@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -17,10 +18,29 @@ from hpc import backends
 from hpc import manifest as manifests
 from hpc.backends import Backend, JobStatus
 from hpc.errors import LaunchError, SlurmError, run_reporting
-from hpc.logs import first_error
 from hpc.manifest import JobRecord, Manifest, State
 
 RUNNING = 3
+
+
+#: A Python exception line (what a traceback ends with), possibly prefixed by torchrun's "[rankN]:".
+_EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)(?::\s.*)?$")
+#: Error lines of SLURM, shells and the launcher's own job scripts.
+_ERROR = re.compile(r"(^|\s)(error|fatal):|\*\*\* .*(CANCELLED|DUE TO TIME LIMIT)", re.IGNORECASE)
+
+
+def first_error(log: Path) -> str | None:
+    """The first line that says what went wrong: a Python exception if any (the one torchrun's summary
+    repeats 150 lines later), else the first error line, else the last line the job's program printed."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    for pattern in (_EXCEPTION, _ERROR):
+        found = next((ln for ln in lines if pattern.search(ln)), None)
+        if found:
+            return found
+    return next((ln for ln in reversed(lines) if not ln.startswith("[hpc-launch]")), None)
 
 
 def submitted(manifest: Manifest) -> list[JobRecord]:

@@ -15,9 +15,8 @@ import pytest
 from hpc.backends import JobStatus
 from hpc.errors import SlurmError
 from hpc.experiments import age
-from hpc.logs import first_error
 from hpc.manifest import JobRecord, Manifest, State
-from hpc.status import ended_well, exit_code, poll
+from hpc.status import ended_well, exit_code, first_error, poll
 
 TORCHRUN_LOG = """[hpc-launch] job 5 (t) on gpu1 starts
 [rank0]: Traceback (most recent call last):
