@@ -24,8 +24,9 @@ class LaunchError(Exception):
         super().__init__(printable(message))
 
 
-class SlurmError(LaunchError):
-    """SLURM refused or failed a command; the message carries SLURM's own words."""
+class BackendError(LaunchError):
+    """The scheduler or cloud refused or failed a command (sbatch, squeue, SkyPilot's API); the message carries its
+    own words. Every backend raises this one type, and the verbs catch it."""
 
     exit_code = 1
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hpc import backends
 from hpc import manifest as manifests
-from hpc.errors import LaunchError, SlurmError
+from hpc.errors import BackendError, LaunchError
 from hpc.manifest import Manifest, State
 
 
@@ -88,7 +88,7 @@ def cancel(experiment_dir: Path, key: str | None) -> int:
             job.state, job.reason = State.CANCELLED, f"cancelled by hpc-launch cancel at {manifests.utc_now()}"
     manifest.write()
     if alive:
-        raise SlurmError(f"job(s) {', '.join(alive)} are still queued or running after scancel; try again")
+        raise BackendError(f"job(s) {', '.join(alive)} are still queued or running after scancel; try again")
     print(f"hpc-launch: cancelled {', '.join(f'{j.key} ({j.job_id})' for j in targets)}")
     return 0
 

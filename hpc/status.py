@@ -17,7 +17,7 @@ from pathlib import Path
 from hpc import backends
 from hpc import manifest as manifests
 from hpc.backends import Backend, JobStatus
-from hpc.errors import LaunchError, SlurmError, run_reporting
+from hpc.errors import BackendError, LaunchError, run_reporting
 from hpc.manifest import JobRecord, Manifest, State
 
 RUNNING = 3
@@ -120,7 +120,7 @@ def poll(backend: Backend, jobs: list[JobRecord], first_poll: float = 2.0, max_p
         try:
             states = backend.query(jobs)
             failures = 0
-        except SlurmError as exc:
+        except BackendError as exc:
             failures += 1
             print(f"hpc-launch: {exc}; the jobs go on, asking again in {interval:.0f} s (failure {failures})",
                   file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from hpc.backends.slurm.submit import Interrupted, submit
-from hpc.errors import SlurmError
+from hpc.errors import BackendError
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.spec import Dependency
 
@@ -107,7 +107,7 @@ def test_a_refusal_rolls_back_the_queued_job_and_the_unrecorded_tagged_one(tmp_p
     manifest, cancel = _manifest(tmp_path, token="hpc-launch:abc"), Cancel()
     slurm = Slurm(tmp_path, ok("100\n"), refused("sbatch: error: QOS limit\n"),
                   queue="100|hpc-launch:abc:train\n105|hpc-launch:abc:eval\n106|someone else\n")
-    with pytest.raises(SlurmError) as caught:
+    with pytest.raises(BackendError) as caught:
         submit(PLAN, MATERIALIZED, manifest, slurm, cancel)
     why = "sbatch refused job 'eval': QOS limit"
     assert str(caught.value) == f"{why}; cancelled the 2 job(s) already submitted" and caught.value.exit_code == 1
@@ -120,23 +120,23 @@ def test_a_refusal_rolls_back_the_queued_job_and_the_unrecorded_tagged_one(tmp_p
 @pytest.mark.parametrize("answer, said", [(refused("", 1, stdout="Invalid account\n"), "Invalid account"),
                                            (refused("", 7), "exit code 7")])
 def test_a_refusal_without_stderr_says_what_sbatch_printed_or_its_exit_code(tmp_path, answer, said):
-    with pytest.raises(SlurmError, match=f"^sbatch refused job 'train': {said}$"):
+    with pytest.raises(BackendError, match=f"^sbatch refused job 'train': {said}$"):
         submit(PLAN, MATERIALIZED, _manifest(tmp_path), Slurm(tmp_path, answer), Cancel())
 
 
 def test_a_rollback_whose_scancel_fails_names_every_job_left(tmp_path):
     manifest = _manifest(tmp_path, token="hpc-launch:abc")
     slurm = Slurm(tmp_path, ok("100\n"), refused("sbatch: error: x\n"), queue="105|hpc-launch:abc:eval\n")
-    with pytest.raises(SlurmError) as caught:
-        submit(PLAN, MATERIALIZED, manifest, slurm, Cancel(SlurmError("scancel: no answer")))
+    with pytest.raises(BackendError) as caught:
+        submit(PLAN, MATERIALIZED, manifest, slurm, Cancel(BackendError("scancel: no answer")))
     assert str(caught.value) == "sbatch refused job 'eval': x; job(s) 100, 105 still exist: scancel 100 105"
 
 
 def test_a_rollback_that_cannot_cancel_or_list_names_every_job_left(tmp_path):
     manifest = _manifest(tmp_path)
-    slurm = Slurm(tmp_path, ok("100\n"), ok("Submitted batch job\n"), queue=SlurmError("squeue timed out"))
-    with pytest.raises(SlurmError) as caught:
-        submit(PLAN, MATERIALIZED, manifest, slurm, Cancel(SlurmError("scancel: no answer")))
+    slurm = Slurm(tmp_path, ok("100\n"), ok("Submitted batch job\n"), queue=BackendError("squeue timed out"))
+    with pytest.raises(BackendError) as caught:
+        submit(PLAN, MATERIALIZED, manifest, slurm, Cancel(BackendError("scancel: no answer")))
     assert str(caught.value) == ("sbatch answered job 'eval' without a job id ('Submitted batch job'); "
                                  "job(s) 100 still exist: scancel 100")
     train = manifest.job("train")
@@ -146,8 +146,8 @@ def test_a_rollback_that_cannot_cancel_or_list_names_every_job_left(tmp_path):
 
 def test_nothing_queued_nothing_cancelled(tmp_path):
     manifest, cancel = _manifest(tmp_path), Cancel()
-    slurm = Slurm(tmp_path, SlurmError("sbatch --parsable did not answer within 60 s"))
-    with pytest.raises(SlurmError) as caught:
+    slurm = Slurm(tmp_path, BackendError("sbatch --parsable did not answer within 60 s"))
+    with pytest.raises(BackendError) as caught:
         submit(PLAN, MATERIALIZED, manifest, slurm, cancel)
     assert str(caught.value) == "sbatch --parsable did not answer within 60 s" and cancel.asked == []
     assert manifest.job("train").state == State.SUBMIT_FAILED
@@ -164,7 +164,7 @@ def test_a_full_disk_rolls_back_and_says_the_manifest_is_stale(tmp_path, monkeyp
     monkeypatch.setattr(Manifest, "write", write)
     manifest, cancel = _manifest(tmp_path), Cancel()
     (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(SlurmError) as caught:
+    with pytest.raises(BackendError) as caught:
         submit(PLAN, MATERIALIZED, manifest, Slurm(tmp_path, ok("100\n")), cancel)
     assert str(caught.value) == (f"writing {tmp_path / 'manifest.json'} failed (No space left on device); cancelled "
                                  "the 1 job(s) already submitted; the manifest could not be updated "
@@ -182,9 +182,9 @@ def test_a_signal_while_submitting_rolls_back_and_exits_128_plus_it(tmp_path, si
         os.kill(os.getpid(), signum)  # ignored while rolling back: the cancel goes on
         return cancel(jobs)
 
-    with pytest.raises(SlurmError) as caught:
+    with pytest.raises(BackendError) as caught:
         submit(PLAN, MATERIALIZED, _manifest(tmp_path), slurm, cancel_and_be_interrupted_again)
-    assert isinstance(caught.value, SlurmError) and not isinstance(caught.value, Interrupted)
+    assert isinstance(caught.value, BackendError) and not isinstance(caught.value, Interrupted)
     name = signal.Signals(signum).name
     assert str(caught.value) == f"interrupted by {name} while submitting; cancelled the 1 job(s) already submitted"
     assert caught.value.exit_code == 128 + signum and cancel.asked == [["100"]]

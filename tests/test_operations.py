@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpc.backends import JobStatus
-from hpc.errors import SlurmError
+from hpc.errors import BackendError
 from hpc.experiments import age
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.status import ended_well, exit_code, first_error, poll
@@ -55,7 +55,7 @@ class FlakyBackend:
     def query(self, jobs):
         self.calls += 1
         if self.calls <= self.failures:
-            raise SlurmError("sacct failed: Problem talking to the database")
+            raise BackendError("sacct failed: Problem talking to the database")
         state = State.PENDING if self.calls <= self.failures + self.pending else State.COMPLETED
         return {"1": JobStatus("1", state, state.value)}
 
@@ -323,7 +323,7 @@ class Sequence:
 
 def test_poll_numbers_failures_from_one_again_after_an_answer_and_backs_off_by_half(capsys, monkeypatch):
     pending, done, down = ({"1": JobStatus("1", P, "PENDING")}, {"1": JobStatus("1", C, "COMPLETED")},
-                           SlurmError("sacct failed"))
+                           BackendError("sacct failed"))
     job = JobRecord(key="train", name="t", job_type="train", script="s", dependencies=[], job_id="1")
     pipe, slept = Pipe(), []
     monkeypatch.setattr(sys, "stderr", pipe)

@@ -10,7 +10,7 @@ import pytest
 from helpers import materialized, run_cli
 from hpc.backends.slurm import Backend
 from hpc.backends.slurm.commands import controller_unreachable, refusal_reason, validate_argv
-from hpc.errors import LaunchError, SlurmError
+from hpc.errors import BackendError, LaunchError
 from hpc.jobs import train
 from hpc.options import LaunchOptions
 
@@ -121,7 +121,7 @@ def test_the_first_refused_job_is_named_with_slurms_reason(slurm, train_yaml, tm
 def test_no_controller_is_a_slurm_failure_not_bad_input(slurm, train_yaml, tmp_path, monkeypatch):
     plan = _plan(train_yaml, tmp_path)
     monkeypatch.setenv("FAKE_REFUSE", "Unable to contact slurm controller (connect failure)")
-    with pytest.raises(SlurmError, match="could not check job 'train': Unable to contact") as err:
+    with pytest.raises(BackendError, match="could not check job 'train': Unable to contact") as err:
         Backend().validate(plan, materialized(plan), None, dry_run=False)
     assert err.value.exit_code == 1
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpc.errors import LaunchError, SlurmError
+from hpc.errors import BackendError, LaunchError
 from hpc.manifest import State
 
 #: SkyPilot's job states -> ours.
@@ -30,11 +30,11 @@ _RETURN_CODES = re.compile(r"failed with return code list:\s*\[([^\]]*)\]|setup 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-class SkyPilotError(SlurmError):
+class SkyPilotError(BackendError):
     """SkyPilot refused or failed a request; the message carries its words."""
 
 
-class Interrupted(SlurmError):
+class Interrupted(BackendError):
     """Ctrl-C during a launch (after the cleanup it calls for)."""
 
     exit_code = 130

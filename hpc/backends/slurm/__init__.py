@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from hpc.backends import JobStatus, Limits, Materialized
 from hpc.backends.slurm import commands as cmd
 from hpc.backends.slurm.script import render
-from hpc.errors import LaunchError, SlurmError
+from hpc.errors import BackendError, LaunchError
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.spec import PROGRAMS, Dependency, Plan
 
@@ -36,9 +36,9 @@ def run(argv: list[str], timeout: float | None = None, stdin: str | None = None)
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
                               env=cmd.submit_env())
     except FileNotFoundError:
-        raise SlurmError(f"{argv[0]} is not installed here; run this on a SLURM login node (or use --dry_run)") from None
+        raise BackendError(f"{argv[0]} is not installed here; run this on a SLURM login node (or use --dry_run)") from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{' '.join(argv[:3])} did not answer within {timeout:.0f} s; the controller may be overloaded") from None
+        raise BackendError(f"{' '.join(argv[:3])} did not answer within {timeout:.0f} s; the controller may be overloaded") from None
 
 
 @functools.cache
@@ -47,7 +47,7 @@ def show_config() -> str:
     limit all read it); "" where no controller answers within 15 s."""
     try:
         proc = run(["scontrol", "show", "config"], timeout=15)
-    except SlurmError:
+    except BackendError:
         return ""
     return proc.stdout if proc.returncode == 0 else ""
 
@@ -95,7 +95,7 @@ class Backend:
             if proc.returncode != 0:
                 reason = cmd.refusal_reason(proc.stderr, proc.returncode)
                 if cmd.controller_unreachable(proc.stderr):
-                    raise SlurmError(f"sbatch --test-only could not check job {job.key!r}: {reason}")
+                    raise BackendError(f"sbatch --test-only could not check job {job.key!r}: {reason}")
                 raise LaunchError(f"sbatch --test-only refused job {job.key!r}: {reason}")
 
     def submit(self, plan: Plan, materialized: Materialized, manifest: Manifest) -> None:
@@ -119,7 +119,7 @@ class Backend:
                 record.error = cmd.slurm_message(proc.stdout, proc.stderr, proc.returncode)
                 record.state = State.SUBMIT_FAILED
                 manifest.write()
-                raise SlurmError(f"sbatch refused job {record.key!r} again: {record.error}")
+                raise BackendError(f"sbatch refused job {record.key!r} again: {record.error}")
             record.attempt(proc.stdout.strip().split(";")[0], argv, spec, len(tasks[record.key]) if spec else None)
             job_ids[record.key] = record.job_id or ""
             manifest.write()
@@ -144,7 +144,7 @@ class Backend:
 
         proc = run(acct.sacct_argv(ids))
         if proc.returncode != 0:
-            raise SlurmError(f"sacct failed: {cmd.slurm_message(proc.stdout, proc.stderr, proc.returncode)}")
+            raise BackendError(f"sacct failed: {cmd.slurm_message(proc.stdout, proc.stderr, proc.returncode)}")
         rows = acct.parse_sacct(proc.stdout)
         if ask := acct.to_explain(ids, rows, arrays):
             proc = run(acct.squeue_argv(ask))

@@ -17,14 +17,14 @@ from contextlib import contextmanager
 
 from hpc.backends import Materialized
 from hpc.backends.slurm import commands as cmd
-from hpc.errors import SlurmError
+from hpc.errors import BackendError
 from hpc.manifest import JobRecord, Manifest, State
 from hpc.spec import Plan
 
 Run = Callable[..., subprocess.CompletedProcess]
 
 
-class Interrupted(SlurmError):
+class Interrupted(BackendError):
     """SIGINT or SIGTERM arrived while submitting."""
 
     def __init__(self, signum: int) -> None:
@@ -84,7 +84,7 @@ def submit(plan: Plan, materialized: Materialized, manifest: Manifest, run: Run,
                 current.submitted(job_id, argv)
                 manifest.write()
                 current = None
-    except (_Failed, SlurmError, OSError) as exc:
+    except (_Failed, BackendError, OSError) as exc:
         reason = str(exc) if not isinstance(exc, OSError) else f"writing {manifest.path} failed ({exc.strerror})"
         with _signals_ignored():
             error = _roll_back(manifest, current, reason, run, cancel, exc)
@@ -92,21 +92,21 @@ def submit(plan: Plan, materialized: Materialized, manifest: Manifest, run: Run,
 
 
 def _roll_back(manifest: Manifest, failed: JobRecord | None, reason: str, run: Run,
-               cancel: Callable[[Sequence[JobRecord]], list[str]], exc: BaseException) -> SlurmError:
+               cancel: Callable[[Sequence[JobRecord]], list[str]], exc: BaseException) -> BackendError:
     """Cancel what this launch queued (recorded or only tagged), record it, and say what is left."""
     if failed is not None:
         failed.state, failed.error = State.SUBMIT_FAILED, reason
     records = [j for j in manifest.jobs if j.job_id]
     try:
         found = cmd.tagged(run(cmd.squeue_tagged_argv()).stdout, manifest.token or "")
-    except SlurmError:
+    except BackendError:
         found = []
     known = {j.job_id for j in records}
     unrecorded = [JobRecord(key="?", name="?", job_type="?", script="", dependencies=[], job_id=i)
                   for i in found if i not in known]
     try:
         alive = cancel(records + unrecorded) if records or unrecorded else []
-    except SlurmError:
+    except BackendError:
         alive = [j.job_id or "" for j in records + unrecorded]
     for job in records:
         if job.job_id in alive:
@@ -121,6 +121,6 @@ def _roll_back(manifest: Manifest, failed: JobRecord | None, reason: str, run: R
     done = len(records) + len(unrecorded) - len(alive)
     undone = (f"; job(s) {', '.join(alive)} still exist: scancel {' '.join(alive)}" if alive
               else f"; cancelled the {done} job(s) already submitted" if done else "")
-    error = SlurmError(f"{reason}{undone}{note}")
+    error = BackendError(f"{reason}{undone}{note}")
     error.exit_code = getattr(exc, "exit_code", 1) if isinstance(exc, Interrupted) else 1
     return error
