@@ -17,7 +17,10 @@ def _registry_extra_installed() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `registry` need the [registry] extra (supabase, wandb): without it they skip, saying so."""
+    """The fast unit layer runs first, so a broken core fails in seconds, not after the real jobs (the sort is
+    stable: a module's tests stay together). Tests marked `registry` need the [registry] extra (supabase, wandb):
+    without it they skip, saying so."""
+    items.sort(key=lambda item: "slurm" in item.keywords or "skypilot" in item.keywords)
     if _registry_extra_installed():
         return
     skip = pytest.mark.skip(reason="needs the [registry] extra: pip install 'hpc-launch[registry]'")
